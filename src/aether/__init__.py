@@ -1,0 +1,46 @@
+"""aether: event-sourcing primitives for Python on NATS JetStream.
+
+The event model and errors live here; stores in :mod:`aether.store`, test servers in
+:mod:`aether.testing`.
+"""
+
+from aether.errors import (
+    AetherError,
+    EventTooLargeError,
+    InvalidEventError,
+    JetStreamError,
+    StoreUnavailableError,
+    UnsupportedServerError,
+    VersionConflictError,
+)
+from aether.event import (
+    CAUSATION_ID,
+    CORRELATION_ID,
+    SPAN_ID,
+    TRACE_ID,
+    USER_ID,
+    ActorSnapshot,
+    Event,
+)
+from aether.replay import ReplayError, ReplayResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CAUSATION_ID",
+    "CORRELATION_ID",
+    "SPAN_ID",
+    "TRACE_ID",
+    "USER_ID",
+    "ActorSnapshot",
+    "AetherError",
+    "Event",
+    "EventTooLargeError",
+    "InvalidEventError",
+    "JetStreamError",
+    "ReplayError",
+    "ReplayResult",
+    "StoreUnavailableError",
+    "UnsupportedServerError",
+    "VersionConflictError",
+]

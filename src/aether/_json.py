@@ -1,0 +1,88 @@
+"""Strict JSON helpers shared by events, snapshots and stores.
+
+orjson is fast but lenient: it silently turns NaN into ``null`` and encodes ``UUID``,
+``Enum`` and ``datetime`` values that would come back as plain strings. Event data must
+round-trip exactly, so values are checked first and anything that would not survive a
+JSON round trip is rejected with :class:`~aether.errors.InvalidEventError`.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from aether.errors import InvalidEventError
+
+_INT64_MIN = -(2**63)
+_UINT64_MAX = 2**64 - 1
+
+dumps = orjson.dumps
+loads = orjson.loads
+JSONDecodeError = orjson.JSONDecodeError
+
+
+def check_json_object(value: object, where: str) -> None:
+    """Raise InvalidEventError unless *value* is a ``dict[str, JSON]`` that round-trips."""
+    if type(value) is not dict:
+        raise InvalidEventError(f"{where} must be a dict, not {type(value).__name__}")
+    _check_value(value, where)
+
+
+def _check_value(value: object, where: str) -> None:
+    # Exact type checks: subclasses (str enums, bool-like ints, OrderedDict) are accepted
+    # only where they encode exactly like their base type.
+    kind = type(value)
+    if value is None or kind is str or kind is bool:
+        return
+    if kind is int:
+        if not _INT64_MIN <= value <= _UINT64_MAX:  # type: ignore[operator]
+            raise InvalidEventError(f"{where} is an integer outside the 64-bit JSON range")
+        return
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise InvalidEventError(f"{where} is {value!r}, which JSON cannot represent")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str:
+                raise InvalidEventError(f"{where} has a non-string key {key!r}")
+            _check_value(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_value(item, f"{where}[{index}]")
+        return
+    raise InvalidEventError(f"{where} is a {kind.__name__}, which is not JSON-serialisable")
+
+
+def format_timestamp(ts: datetime, where: str) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix, as Go's ``time.Time`` marshals it."""
+    if type(ts) is not datetime:
+        raise InvalidEventError(f"{where} must be a datetime, not {type(ts).__name__}")
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise InvalidEventError(f"{where} must be timezone-aware (got a naive datetime)")
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_timestamp(raw: object) -> datetime:
+    """Parse an RFC 3339 timestamp (Go's nanoseconds are truncated to microseconds)."""
+    if not isinstance(raw, str):
+        raise ValueError(f"timestamp must be a string, not {type(raw).__name__}")
+    ts = datetime.fromisoformat(raw)
+    if ts.tzinfo is None:
+        raise ValueError(f"timestamp {raw!r} has no timezone")
+    return ts.astimezone(UTC)
+
+
+def require(obj: dict[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:
+    """Read a typed field of a decoded JSON object, raising ValueError if it is wrong."""
+    value = obj.get(key)
+    if value is None and optional:
+        return None
+    if type(value) is not kind:
+        got = "missing" if key not in obj else type(value).__name__
+        raise ValueError(f"field {key!r} must be {kind.__name__}, got {got}")
+    return value

@@ -1,0 +1,35 @@
+"""Results of replaying an actor's history when some stored messages are malformed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aether.event import Event
+
+
+@dataclass(frozen=True)
+class ReplayError:
+    """A stored message that could not be decoded as an event.
+
+    ``sequence_number`` is its JetStream stream sequence (its position in the in-memory
+    store), ``raw_data`` its bytes, ``error`` why decoding failed.
+    """
+
+    sequence_number: int
+    raw_data: bytes
+    error: Exception
+
+    def __str__(self) -> str:
+        return f"message {self.sequence_number}: {self.error}"
+
+
+@dataclass
+class ReplayResult:
+    """The decodable events of a replay, in version order, and one error per bad message."""
+
+    events: list[Event] = field(default_factory=list)
+    errors: list[ReplayError] = field(default_factory=list)
+
+    @property
+    def has_errors(self) -> bool:
+        return bool(self.errors)

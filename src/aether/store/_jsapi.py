@@ -1,0 +1,215 @@
+"""The few JetStream API calls the store needs, made directly on a nats-py connection.
+
+nats-py's JetStream context is general; these calls are narrow and fast (orjson, no
+per-message objects beyond nats-py's own) and share one policy for unknown outcomes:
+a request that times out, meets "no responders" (a stream without a leader) or a
+reconnect is sent again, unchanged, until the server answers or ``retry_deadline``
+passes, then :class:`~aether.errors.StoreUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from aether import _json
+from aether.errors import JetStreamError, StoreUnavailableError
+
+API = "$JS.API"
+
+# JetStream err_codes the store reacts to.
+NO_MESSAGE_FOUND = 10037
+STREAM_NAME_IN_USE = 10058
+STREAM_NOT_FOUND = 10059
+WRONG_LAST_SEQUENCE = 10071
+BATCH_DUPLICATE_MSG_ID = 10201
+
+# Failures after which the request's fate is unknown or it simply got no answer.
+_RETRYABLE = (
+    asyncio.TimeoutError,  # nats.errors.TimeoutError derives from it
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+)
+_NS_PER_SECOND = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMsg:
+    seq: int
+    data: bytes
+
+
+class JsApi:
+    """JetStream requests with the retry-until-known policy."""
+
+    def __init__(self, nc: Client, *, request_timeout: float, retry_deadline: float) -> None:
+        self.nc = nc
+        self.request_timeout = request_timeout
+        self.retry_deadline = retry_deadline
+        self.retries = 0  # requests sent again after an unknown outcome
+
+    async def until_known(self, attempt: Callable[[], Awaitable[Msg]]) -> tuple[Msg, bool]:
+        """Run *attempt* until it gets an answer. Returns (answer, ambiguous).
+
+        ``ambiguous`` is True if an earlier attempt timed out: it may have been applied.
+        Raises StoreUnavailableError past the deadline or on a closed connection.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_deadline
+        ambiguous = False
+        backoff = 0.02
+        while True:
+            if self.nc.is_closed:
+                raise StoreUnavailableError("the NATS connection is closed")
+            try:
+                return await attempt(), ambiguous
+            except _RETRYABLE as exc:
+                if isinstance(exc, asyncio.TimeoutError):
+                    ambiguous = True
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise StoreUnavailableError(
+                        f"no answer from JetStream within {self.retry_deadline:g}s "
+                        f"(last failure: {type(exc).__name__})"
+                    ) from exc
+                self.retries += 1
+                # Timeouts already waited; "no responders" (leader election, restart)
+                # answers at once, so back off before asking again.
+                if not isinstance(exc, asyncio.TimeoutError):
+                    await asyncio.sleep(min(backoff, remaining))
+                    backoff = min(backoff * 2, 0.5)
+            except nats.errors.ConnectionClosedError as exc:
+                raise StoreUnavailableError("the NATS connection is closed") from exc
+
+    async def request(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """A request with the retry policy; returns (decoded JSON answer, ambiguous)."""
+
+        def attempt() -> Awaitable[Msg]:
+            return self.nc.request(subject, payload, timeout=self.request_timeout, headers=headers)
+
+        msg, ambiguous = await self.until_known(attempt)
+        answer = _json.loads(msg.data)
+        error = answer.get("error")
+        if error is not None and error.get("code") == 503:
+            # JetStream is not ready (restart, meta leader election): the request was not
+            # applied, ask again within the same deadline.
+            answer, again = await self.request(subject, payload, headers)
+            ambiguous = ambiguous or again
+        return answer, ambiguous
+
+    async def call(self, api: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A JetStream API call (``$JS.API.<api>``). Raises JetStreamError on an error."""
+        answer, _ = await self.request(f"{API}.{api}", b"" if body is None else _json.dumps(body))
+        raise_for_error(answer)
+        return answer
+
+    async def get_msg(self, stream: str, body: dict[str, Any]) -> StoredMsg | None:
+        """``STREAM.MSG.GET`` served by the stream leader (authoritative); None if absent."""
+        answer, _ = await self.request(f"{API}.STREAM.MSG.GET.{stream}", _json.dumps(body))
+        error = answer.get("error")
+        if error is not None and error.get("err_code") == NO_MESSAGE_FOUND:
+            return None
+        raise_for_error(answer)
+        message = answer["message"]
+        return StoredMsg(message["seq"], base64.b64decode(message.get("data", "")))
+
+    async def last_msg(self, stream: str, subject: str) -> StoredMsg | None:
+        return await self.get_msg(stream, {"last_by_subj": subject})
+
+    async def iter_subject(
+        self, stream: str, subject: str, *, start_seq: int = 1, batch: int = 500
+    ) -> AsyncIterator[StoredMsg]:
+        """Every message on *subject* from *start_seq* on, as stored when the call began.
+
+        An ephemeral in-memory pull consumer with no acks streams the messages; two pull
+        requests of *batch* messages are kept in flight so the server works while we
+        decode, and at most two batches are buffered (bounded memory).
+        """
+        config: dict[str, Any] = {
+            "filter_subject": subject,
+            "ack_policy": "none",
+            "mem_storage": True,
+            "num_replicas": 1,
+            "inactive_threshold": 60 * _NS_PER_SECOND,  # the server cleans up if we vanish
+        }
+        if start_seq > 1:
+            config.update(deliver_policy="by_start_sequence", opt_start_seq=start_seq)
+        info = await self.call(
+            f"CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}
+        )
+        name = info["name"]
+        pending = info["num_pending"]
+        if pending == 0:
+            await self._delete_consumer(stream, name)
+            return
+        buffer: deque[Msg] = deque()
+        arrived = asyncio.Event()
+
+        async def on_msg(msg: Msg) -> None:
+            buffer.append(msg)
+            arrived.set()
+
+        next_subject = f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"
+        pull = _json.dumps({"batch": batch, "no_wait": True})
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=on_msg)
+        try:
+            requested = received = 0
+            while requested < min(pending, 2 * batch):
+                await self.nc.publish(next_subject, pull, reply=inbox)
+                requested += batch
+            while received < pending:
+                if not buffer:
+                    arrived.clear()
+                    try:
+                        await asyncio.wait_for(arrived.wait(), self.request_timeout * 5)
+                    except TimeoutError as exc:
+                        raise StoreUnavailableError(
+                            f"replay of {subject!r} stalled after {received} messages"
+                        ) from exc
+                    continue
+                msg = buffer.popleft()
+                if not msg.reply.startswith("$JS.ACK."):
+                    # A status answer (404: nothing more, e.g. messages expired meanwhile).
+                    return
+                received += 1
+                yield StoredMsg(_ack_stream_seq(msg.reply), msg.data)
+                if requested - received < batch and requested < pending:
+                    await self.nc.publish(next_subject, pull, reply=inbox)
+                    requested += batch
+        finally:
+            if not self.nc.is_closed:
+                await sub.unsubscribe()
+                await self._delete_consumer(stream, name)
+
+    async def _delete_consumer(self, stream: str, name: str) -> None:
+        # Fire and forget: the consumer also expires by inactive_threshold.
+        if not self.nc.is_closed:
+            await self.nc.publish(f"{API}.CONSUMER.DELETE.{stream}.{name}", b"")
+
+
+def _ack_stream_seq(reply: str) -> int:
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the v2 form
+    # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<x>
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
+def raise_for_error(answer: dict[str, Any]) -> None:
+    error = answer.get("error")
+    if error is not None:
+        raise JetStreamError(
+            int(error.get("code", 0)), int(error.get("err_code", 0)), str(error.get("description"))
+        )

@@ -1,0 +1,504 @@
+"""The event store on NATS JetStream, correct with any number of writer processes.
+
+Layout: one stream per (namespace, name), one subject per actor
+(``<stream>.events.<encoded actor id>``), and a second stream ``<stream>_snapshots`` that
+keeps one snapshot per actor.
+
+Correctness does not depend on the version cache. Every append carries
+``Nats-Expected-Last-Subject-Sequence`` (the sequence of the last message on the actor's
+subject that this writer knows of) and ``Nats-Msg-Id`` (the event id), so the server
+rejects an append if anyone, in any process, wrote to the actor in between. On that
+rejection the store re-reads the actor's tail, re-checks the version rule, and retries or
+raises :class:`~aether.errors.VersionConflictError` with the true current version. The
+cache only saves the read before a write: a warm ``save_event`` is one round trip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from typing import Any, Literal
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from aether import _json
+from aether.errors import (
+    AetherError,
+    EventTooLargeError,
+    InvalidEventError,
+    JetStreamError,
+    UnsupportedServerError,
+    VersionConflictError,
+)
+from aether.event import ActorSnapshot, Event
+from aether.replay import ReplayError, ReplayResult
+from aether.store import _rules
+from aether.store._cache import EMPTY, CacheEntry, KeyedLocks, VersionCache
+from aether.store._jsapi import (
+    BATCH_DUPLICATE_MSG_ID,
+    STREAM_NAME_IN_USE,
+    STREAM_NOT_FOUND,
+    WRONG_LAST_SEQUENCE,
+    JsApi,
+    StoredMsg,
+    raise_for_error,
+)
+from aether.store._subjects import encode_actor_id, real_stream_name
+
+_NS_PER_SECOND = 1_000_000_000
+# Room left for the headers next to an event's payload within the server's max_payload.
+_HEADER_ALLOWANCE = 512
+# nats-server's limit on messages per atomic batch.
+MAX_BATCH_SIZE = 1000
+_ATOMIC_SINCE = (2, 12)
+
+
+@dataclass(frozen=True)
+class JetStreamConfig:
+    """How the store lays out and talks to its stream. Zero/empty values mean the default.
+
+    ``request_timeout`` bounds one request; ``retry_deadline`` bounds how long a request
+    whose outcome is unknown (timeout, no responders, reconnect) is re-sent before
+    :class:`~aether.errors.StoreUnavailableError`.
+    """
+
+    namespace: str = ""
+    stream_retention: timedelta = timedelta(days=365)
+    replica_count: int = 1
+    storage: Literal["file", "memory"] = "file"
+    version_cache_size: int = 100_000
+    request_timeout: timedelta = timedelta(seconds=2)
+    retry_deadline: timedelta = timedelta(seconds=30)
+    replay_batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not value:  # zero, empty string, timedelta(0) or None: the default
+                object.__setattr__(self, f.name, f.default)
+            elif (isinstance(value, int) and value < 0) or (
+                isinstance(value, timedelta) and value < timedelta(0)
+            ):
+                raise ValueError(f"JetStreamConfig.{f.name} must not be negative")
+        if self.storage not in ("file", "memory"):
+            raise ValueError(f"storage must be 'file' or 'memory', got {self.storage!r}")
+        if not 1 <= self.replay_batch_size <= 10_000:
+            raise ValueError("replay_batch_size must be between 1 and 10000")
+
+
+@dataclass
+class StoreStats:
+    """Counters of what the store did, for monitoring and the demo."""
+
+    cache_hits: int = 0
+    cache_misses: int = 0
+    #: appends the server refused because another writer got there first (cache repaired)
+    stale_cache_repairs: int = 0
+    #: VersionConflictErrors raised to callers
+    conflicts: int = 0
+    #: requests re-sent after an unknown outcome (timeout, no responders, reconnect)
+    retries: int = 0
+
+
+class JetStreamEventStore:
+    """A :class:`~aether.store.SnapshotStore` on NATS JetStream. Create it with :meth:`open`."""
+
+    def __init__(
+        self, nc: Client, api: JsApi, stream_name: str, config: JetStreamConfig, atomic: bool
+    ) -> None:
+        self._nc = nc
+        self._api = api
+        self._config = config
+        self._stream = stream_name
+        self._snapshot_stream = f"{stream_name}_snapshots"
+        self._event_prefix = f"{stream_name}.events."
+        self._snapshot_prefix = f"{stream_name}.snapshots."
+        self._atomic = atomic
+        self._cache = VersionCache(config.version_cache_size)
+        self._locks = KeyedLocks()
+        self._stats = StoreStats()
+
+    @classmethod
+    async def open(
+        cls, nc: Client, stream_name: str = "events", config: JetStreamConfig | None = None
+    ) -> JetStreamEventStore:
+        """Connect a store to *nc*, creating its streams if they do not exist.
+
+        *nc* is the caller's connected client: its auth, TLS and reconnect settings are used
+        as they are. Several stores (in any number of processes) may open the same stream.
+        """
+        config = config or JetStreamConfig()
+        real_name = real_stream_name(config.namespace, stream_name)
+        api = JsApi(
+            nc,
+            request_timeout=config.request_timeout.total_seconds(),
+            retry_deadline=config.retry_deadline.total_seconds(),
+        )
+        version = nc.connected_server_version
+        atomic = (version.major, version.minor) >= _ATOMIC_SINCE
+        common = {
+            "retention": "limits",
+            "discard": "old",
+            "storage": config.storage,
+            "num_replicas": config.replica_count,
+        }
+        await _ensure_stream(
+            api,
+            {
+                "name": real_name,
+                "subjects": [f"{real_name}.events.>"],
+                "max_age": int(config.stream_retention.total_seconds() * _NS_PER_SECOND),
+                "duplicate_window": 120 * _NS_PER_SECOND,
+                **({"allow_atomic": True} if atomic else {}),
+                **common,
+            },
+        )
+        await _ensure_stream(
+            api,
+            {
+                "name": f"{real_name}_snapshots",
+                "subjects": [f"{real_name}.snapshots.>"],
+                "max_msgs_per_subject": 1,
+                **common,
+            },
+        )
+        return cls(nc, api, real_name, config, atomic)
+
+    @property
+    def stream_name(self) -> str:
+        """The real JetStream stream holding the events (namespace applied)."""
+        return self._stream
+
+    @property
+    def config(self) -> JetStreamConfig:
+        return self._config
+
+    @property
+    def stats(self) -> StoreStats:
+        """A copy of the store's counters."""
+        return replace(self._stats, retries=self._api.retries)
+
+    def cached_version(self, actor_id: str) -> int | None:
+        """What the version cache holds for *actor_id* (None if nothing). Never authoritative."""
+        entry = self._cache.get(actor_id)
+        return None if entry is None else entry.version
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def save_event(self, event: Event) -> None:
+        """Append *event*. One round trip when the actor's cache entry is warm and current.
+
+        Raises VersionConflictError (nothing written) if ``event.version`` is not greater
+        than the actor's latest version, as checked by the server across all writers.
+        Saving an event that is already the actor's latest (same id) returns normally.
+        Raises InvalidEventError / EventTooLargeError before any I/O for bad input, and
+        StoreUnavailableError if the outcome stayed unknown past ``retry_deadline``.
+        """
+        payload = event.to_json()
+        self._check_size(payload)
+        await self._save(event.actor_id, [event], [payload], None)
+
+    async def save_events(
+        self, events: Sequence[Event], *, expected_version: int | None = None
+    ) -> None:
+        """Append several events of one actor atomically (all or none).
+
+        With ``expected_version`` the actor's latest version must equal it. Needs
+        nats-server >= 2.12 (atomic batch publish) for more than one event.
+        """
+        payloads = _rules.encode_batch(events)
+        expected = _rules.check_expected_version(expected_version)
+        if len(events) > MAX_BATCH_SIZE:
+            raise InvalidEventError(f"save_events takes at most {MAX_BATCH_SIZE} events")
+        if len(events) > 1 and not self._atomic:
+            raise UnsupportedServerError(
+                "save_events with several events needs nats-server >= 2.12 (atomic batch "
+                f"publish); connected to {self._nc.connected_server_version}"
+            )
+        for payload in payloads:
+            self._check_size(payload)
+        await self._save(events[0].actor_id, events, payloads, expected)
+
+    async def _save(
+        self,
+        actor_id: str,
+        events: Sequence[Event],
+        payloads: list[bytes],
+        expected_version: int | None,
+    ) -> None:
+        subject = self._event_prefix + encode_actor_id(actor_id)
+        async with self._locks.hold(actor_id):
+            entry = self._cache.get(actor_id)
+            if entry is None:
+                self._stats.cache_misses += 1
+                entry = await self._read_tail(actor_id, subject)
+            else:
+                self._stats.cache_hits += 1
+            await self._append(actor_id, subject, events, payloads, entry, expected_version)
+
+    async def _append(
+        self,
+        actor_id: str,
+        subject: str,
+        events: Sequence[Event],
+        payloads: list[bytes],
+        entry: CacheEntry,
+        expected_version: int | None,
+    ) -> None:
+        """The optimistic-concurrency loop. The caller holds the actor's lock."""
+        last = events[-1]
+        first_known_seq = entry.seq
+        ambiguous = False  # did an attempt time out, so that it may have landed?
+        while True:
+            if entry.event_id == last.id and entry.version == last.version:
+                self._cache.put(actor_id, entry)
+                return  # already stored: by our own earlier attempt or a caller's retry
+            try:
+                _rules.check_batch_versions(events, entry.version, expected_version)
+            except VersionConflictError:
+                if ambiguous and await self._find_landed(subject, last, first_known_seq):
+                    self._cache.discard(actor_id)
+                    return
+                self._cache.put(actor_id, entry)
+                self._stats.conflicts += 1
+                raise
+            answer, was_ambiguous = await self._publish(subject, events, payloads, entry.seq)
+            ambiguous = ambiguous or was_ambiguous
+            error = answer.get("error")
+            if error is None:
+                if answer.get("duplicate"):
+                    # The server had this id already; make sure it is *this* event.
+                    await self._check_duplicate(subject, last, answer["seq"])
+                    self._cache.discard(actor_id)  # the tail's sequence is unknown now
+                else:
+                    self._cache.put(actor_id, CacheEntry(last.version, answer["seq"], last.id))
+                return
+            code = error.get("err_code")
+            if code == WRONG_LAST_SEQUENCE:
+                # Someone wrote since our cache entry (or our own timed-out attempt landed):
+                # repair the entry from the server and decide again.
+                self._stats.stale_cache_repairs += 1
+                entry = await self._read_tail(actor_id, subject)
+                continue
+            if code == BATCH_DUPLICATE_MSG_ID:
+                entry = await self._read_tail(actor_id, subject)
+                if entry.event_id == last.id or await self._find_landed(
+                    subject, last, first_known_seq
+                ):
+                    self._cache.discard(actor_id)
+                    return
+                raise InvalidEventError("an event id in this batch was already used")
+            raise_for_error(answer)
+
+    async def _publish(
+        self, subject: str, events: Sequence[Event], payloads: list[bytes], expected_seq: int
+    ) -> tuple[dict[str, Any], bool]:
+        if len(events) == 1:
+            headers = {
+                "Nats-Msg-Id": events[0].id,
+                "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
+            }
+            return await self._api.request(subject, payloads[0], headers)
+
+        async def attempt() -> Msg:
+            # A fresh batch id per attempt: a retry re-sends the whole batch.
+            batch_id = uuid.uuid4().hex
+            last_index = len(payloads) - 1
+            for index, (event, payload) in enumerate(zip(events, payloads, strict=True)):
+                headers = {
+                    "Nats-Batch-Id": batch_id,
+                    "Nats-Batch-Sequence": str(index + 1),
+                    "Nats-Msg-Id": event.id,
+                }
+                if index == 0:
+                    headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+                if index < last_index:
+                    await self._nc.publish(subject, payload, headers=headers)
+                else:
+                    headers["Nats-Batch-Commit"] = "1"
+                    return await self._nc.request(
+                        subject, payload, timeout=self._api.request_timeout, headers=headers
+                    )
+            raise AssertionError("unreachable: a batch has at least one event")
+
+        msg, ambiguous = await self._api.until_known(attempt)
+        return _json.loads(msg.data), ambiguous
+
+    async def _check_duplicate(self, subject: str, event: Event, seq: int) -> None:
+        stored = await self._api.get_msg(self._stream, {"seq": seq})
+        if stored is not None:
+            try:
+                found = Event.from_json(stored.data)
+            except ValueError:
+                found = None
+            if found is not None and found.id == event.id and found.version == event.version:
+                return
+        raise InvalidEventError(
+            f"event id {event.id!r} was already used by another event (ids must be unique)"
+        )
+
+    async def _find_landed(self, subject: str, event: Event, after_seq: int) -> bool:
+        """Whether *event* is stored after *after_seq*: did a timed-out attempt land?"""
+        async for msg in self._api.iter_subject(
+            self._stream, subject, start_seq=after_seq + 1, batch=self._config.replay_batch_size
+        ):
+            try:
+                if Event.from_json(msg.data).id == event.id:
+                    return True
+            except ValueError:
+                continue
+        return False
+
+    def _check_size(self, payload: bytes) -> None:
+        limit = self._nc.max_payload - _HEADER_ALLOWANCE
+        if len(payload) > limit:
+            raise EventTooLargeError(len(payload), limit)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get_latest_version(self, actor_id: str) -> int:
+        """The actor's latest version, read from the stream leader (one request).
+
+        Reflects every write acknowledged before the call, and refreshes the cache under
+        the actor's lock, so a slower read never overwrites a newer entry.
+        """
+        _rules.check_actor_id(actor_id)
+        subject = self._event_prefix + encode_actor_id(actor_id)
+        async with self._locks.hold(actor_id):
+            entry = await self._read_tail(actor_id, subject)
+            self._cache.put(actor_id, entry)
+            return entry.version
+
+    async def _read_tail(self, actor_id: str, subject: str) -> CacheEntry:
+        last = await self._api.last_msg(self._stream, subject)
+        if last is None:
+            return EMPTY
+        event = _decode(last, actor_id)
+        if isinstance(event, Event):
+            return CacheEntry(event.version, last.seq, event.id)
+        # The newest message is malformed (a foreign writer): find the newest valid version
+        # with a scan. Rare, and the actor stays writable: appends follow ``last.seq``.
+        version = 0
+        async for msg in self._api.iter_subject(
+            self._stream, subject, batch=self._config.replay_batch_size
+        ):
+            decoded = _decode(msg, actor_id)
+            if isinstance(decoded, Event):
+                version = max(version, decoded.version)
+        return CacheEntry(version, last.seq, None)
+
+    async def iter_events(self, actor_id: str, from_version: int = 0) -> AsyncIterator[Event]:
+        """The actor's events with ``version >= from_version``, streamed in batches.
+
+        Memory stays bounded by two batches whatever the history length; malformed
+        messages are skipped.
+        """
+        async for item in self._replay(actor_id, from_version):
+            if isinstance(item, Event):
+                yield item
+
+    async def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
+        return [event async for event in self.iter_events(actor_id, from_version)]
+
+    async def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+        result = ReplayResult()
+        async for item in self._replay(actor_id, from_version):
+            if isinstance(item, Event):
+                result.events.append(item)
+            else:
+                result.errors.append(item)
+        return result
+
+    async def _replay(self, actor_id: str, from_version: int) -> AsyncIterator[Event | ReplayError]:
+        _rules.check_actor_id(actor_id)
+        _rules.check_from_version(from_version)
+        subject = self._event_prefix + encode_actor_id(actor_id)
+        async for msg in self._api.iter_subject(
+            self._stream, subject, batch=self._config.replay_batch_size
+        ):
+            item = _decode(msg, actor_id)
+            if not isinstance(item, Event) or item.version >= from_version:
+                yield item
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    async def save_snapshot(self, snapshot: ActorSnapshot) -> None:
+        """Store *snapshot* unless the stored one is as new or newer.
+
+        A compare-and-set on the snapshot subject's sequence, so concurrent writers in
+        any process can never replace a newer snapshot with an older one.
+        """
+        payload = snapshot.to_json()
+        self._check_size(payload)
+        subject = self._snapshot_prefix + encode_actor_id(snapshot.actor_id)
+        while True:
+            current = await self._api.last_msg(self._snapshot_stream, subject)
+            if current is not None:
+                stored = _decode_snapshot(current)
+                if stored is not None and stored.version >= snapshot.version:
+                    return
+            headers = {"Nats-Expected-Last-Subject-Sequence": str(current.seq if current else 0)}
+            answer, _ = await self._api.request(subject, payload, headers)
+            error = answer.get("error")
+            if error is None:
+                return
+            if error.get("err_code") != WRONG_LAST_SEQUENCE:
+                raise_for_error(answer)
+            # Another writer stored a snapshot meanwhile: compare against it.
+
+    async def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
+        """The newest snapshot, or None (also if the stored one is malformed)."""
+        _rules.check_actor_id(actor_id)
+        subject = self._snapshot_prefix + encode_actor_id(actor_id)
+        current = await self._api.last_msg(self._snapshot_stream, subject)
+        return None if current is None else _decode_snapshot(current)
+
+
+def _decode(msg: StoredMsg, actor_id: str) -> Event | ReplayError:
+    try:
+        event = Event.from_json(msg.data)
+    except ValueError as exc:
+        return ReplayError(msg.seq, msg.data, exc)
+    if event.actor_id != actor_id:
+        return ReplayError(
+            msg.seq,
+            msg.data,
+            InvalidEventError(f"message on {actor_id!r}'s subject is for {event.actor_id!r}"),
+        )
+    return event
+
+
+def _decode_snapshot(msg: StoredMsg) -> ActorSnapshot | None:
+    try:
+        return ActorSnapshot.from_json(msg.data)
+    except ValueError:
+        return None
+
+
+async def _ensure_stream(api: JsApi, config: dict[str, Any]) -> None:
+    """Create the stream, or check that the existing one is usable by aether."""
+    name = config["name"]
+    try:
+        await api.call(f"STREAM.CREATE.{name}", config)
+        return
+    except JetStreamError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+    # It exists with another configuration (other retention, replicas, …): keep the
+    # operator's settings, but the subjects must be ours and atomic batches allowed.
+    try:
+        existing = (await api.call(f"STREAM.INFO.{name}"))["config"]
+    except JetStreamError as exc:
+        if exc.err_code == STREAM_NOT_FOUND:  # deleted between our two calls
+            return await _ensure_stream(api, config)
+        raise
+    if config["subjects"][0] not in existing.get("subjects", []):
+        raise AetherError(
+            f"stream {name!r} exists but does not hold subjects {config['subjects'][0]!r}"
+        )
+    if config.get("allow_atomic") and not existing.get("allow_atomic"):
+        await api.call(f"STREAM.UPDATE.{name}", {**existing, "allow_atomic": True})
+    return None
