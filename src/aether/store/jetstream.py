@@ -232,12 +232,13 @@ class JetStreamEventStore:
         subject = self._event_prefix + encode_actor_id(actor_id)
         async with self._locks.hold(actor_id):
             entry = self._cache.get(actor_id)
+            fresh = entry is None
             if entry is None:
                 self._stats.cache_misses += 1
                 entry = await self._read_tail(actor_id, subject)
             else:
                 self._stats.cache_hits += 1
-            await self._append(actor_id, subject, events, payloads, entry, expected_version)
+            await self._append(actor_id, subject, events, payloads, entry, fresh, expected_version)
 
     async def _append(
         self,
@@ -246,9 +247,13 @@ class JetStreamEventStore:
         events: Sequence[Event],
         payloads: list[bytes],
         entry: CacheEntry,
+        fresh: bool,
         expected_version: int | None,
     ) -> None:
-        """The optimistic-concurrency loop. The caller holds the actor's lock."""
+        """The optimistic-concurrency loop. The caller holds the actor's lock.
+
+        *fresh* says whether *entry* was just read from the server rather than the cache.
+        """
         last = events[-1]
         first_known_seq = entry.seq
         ambiguous = False  # did an attempt time out, so that it may have landed?
@@ -259,6 +264,10 @@ class JetStreamEventStore:
             try:
                 _rules.check_batch_versions(events, entry.version, expected_version)
             except VersionConflictError:
+                if not fresh:
+                    # Certain (versions only grow), but report the true current version.
+                    entry, fresh = await self._read_tail(actor_id, subject), True
+                    continue
                 if ambiguous and await self._find_landed(subject, last, first_known_seq):
                     self._cache.discard(actor_id)
                     return
@@ -281,7 +290,7 @@ class JetStreamEventStore:
                 # Someone wrote since our cache entry (or our own timed-out attempt landed):
                 # repair the entry from the server and decide again.
                 self._stats.stale_cache_repairs += 1
-                entry = await self._read_tail(actor_id, subject)
+                entry, fresh = await self._read_tail(actor_id, subject), True
                 continue
             if code == BATCH_DUPLICATE_MSG_ID:
                 entry = await self._read_tail(actor_id, subject)

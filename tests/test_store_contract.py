@@ -1,0 +1,238 @@
+"""The store contract of DESIGN.md, run against every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from aether import ActorSnapshot, Event, InvalidEventError, VersionConflictError
+from aether.store import EventStore, SnapshotStore
+
+
+def ev(actor: str, version: int, **data: object) -> Event:
+    return Event(event_type="Deposited", actor_id=actor, version=version, data=dict(data))
+
+
+async def test_implements_protocols(store: SnapshotStore) -> None:
+    assert isinstance(store, EventStore)
+    assert isinstance(store, SnapshotStore)
+
+
+async def test_unknown_actor_is_empty(store: SnapshotStore) -> None:
+    assert await store.get_events("nobody") == []
+    assert await store.get_latest_version("nobody") == 0
+    assert await store.get_latest_snapshot("nobody") is None
+    result = await store.get_events_with_errors("nobody")
+    assert result.events == [] and not result.has_errors
+
+
+async def test_roundtrip_preserves_every_field(store: SnapshotStore) -> None:
+    original = Event(
+        event_type="Opened",
+        actor_id="acc-1",
+        version=1,
+        data={"owner": "Ada", "limits": [1, 2.5, None, True], "nested": {"k": "ü"}},
+        command_id="cmd-7",
+        metadata={"correlationId": "c-1", "userId": "u-9"},
+        timestamp=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+    )
+    await store.save_event(original)
+    [stored] = await store.get_events("acc-1")
+    assert stored == original
+    assert stored is not original
+
+
+async def test_versions_must_increase(store: SnapshotStore) -> None:
+    await store.save_event(ev("a", 1))
+    await store.save_event(ev("a", 2))
+    for version in (2, 1, 0, -5):
+        with pytest.raises(VersionConflictError) as info:
+            await store.save_event(ev("a", version))
+        assert info.value.actor_id == "a"
+        assert info.value.attempted_version == version
+        assert info.value.current_version == 2
+        assert str(info.value) == (
+            f"version conflict: actor 'a' has version 2, cannot save version {version}"
+        )
+    assert [e.version for e in await store.get_events("a")] == [1, 2]
+
+
+async def test_first_version_must_be_positive(store: SnapshotStore) -> None:
+    with pytest.raises(VersionConflictError):
+        await store.save_event(ev("a", 0))
+    assert await store.get_events("a") == []
+
+
+async def test_gaps_are_allowed(store: SnapshotStore) -> None:
+    await store.save_event(ev("a", 3))
+    await store.save_event(ev("a", 10))
+    assert await store.get_latest_version("a") == 10
+    assert [e.version for e in await store.get_events("a")] == [3, 10]
+
+
+async def test_from_version_filters(store: SnapshotStore) -> None:
+    for v in range(1, 6):
+        await store.save_event(ev("a", v))
+    assert [e.version for e in await store.get_events("a", from_version=3)] == [3, 4, 5]
+    assert [e.version async for e in store.iter_events("a", from_version=5)] == [5]
+    assert await store.get_events("a", from_version=6) == []
+
+
+async def test_actors_are_independent(store: SnapshotStore) -> None:
+    await store.save_event(ev("a", 1))
+    await store.save_event(ev("b", 1))
+    await store.save_event(ev("b", 2))
+    assert await store.get_latest_version("a") == 1
+    assert [e.actor_id for e in await store.get_events("b")] == ["b", "b"]
+
+
+async def test_resaving_the_latest_event_is_idempotent(store: SnapshotStore) -> None:
+    event = ev("a", 1)
+    await store.save_event(event)
+    await store.save_event(event)  # a caller retrying after an unknown outcome
+    assert await store.get_events("a") == [event]
+
+
+async def test_mutating_a_saved_event_does_not_change_history(store: SnapshotStore) -> None:
+    event = ev("a", 1, items=[1])
+    await store.save_event(event)
+    event.data["items"].append(2)
+    event.metadata["userId"] = "mallory"
+    [stored] = await store.get_events("a")
+    assert stored.data == {"items": [1]} and stored.metadata == {}
+    stored.data["items"].append(3)
+    assert (await store.get_events("a"))[0].data == {"items": [1]}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"actor_id": ""}, "actor_id"),
+        ({"actor_id": None}, "actor_id"),
+        ({"version": "1"}, "version"),
+        ({"version": 1.0}, "version"),
+        ({"version": True}, "version"),
+        ({"data": {"when": datetime.now(UTC)}}, "not JSON"),
+        ({"data": {"x": {1, 2}}}, "not JSON"),
+        ({"data": {"x": float("nan")}}, "JSON cannot represent"),
+        ({"data": {1: "x"}}, "non-string key"),
+        ({"data": ["not", "a", "dict"]}, "dict"),
+        ({"event_type": ""}, "event_type"),
+        ({"metadata": {"k": 1}}, "metadata"),
+        ({"timestamp": datetime(2026, 1, 1)}, "timezone"),  # naive on purpose
+    ],
+)
+async def test_bad_input_raises_and_writes_nothing(
+    store: SnapshotStore, change: dict[str, object], message: str
+) -> None:
+    event = ev("a", 1)
+    for key, value in change.items():
+        setattr(event, key, value)
+    with pytest.raises(InvalidEventError, match=message):
+        await store.save_event(event)
+    assert await store.get_events("a") == []
+    assert await store.get_latest_version("a") == 0
+
+
+async def test_bad_read_arguments(store: SnapshotStore) -> None:
+    with pytest.raises(InvalidEventError):
+        await store.get_events("")
+    with pytest.raises(InvalidEventError):
+        await store.get_latest_version("")
+    with pytest.raises(InvalidEventError):
+        await store.get_events("a", from_version="1")  # type: ignore[arg-type]
+
+
+async def test_save_events_is_all_or_nothing(store: SnapshotStore) -> None:
+    await store.save_events([ev("a", 1), ev("a", 2), ev("a", 3)])
+    assert [e.version for e in await store.get_events("a")] == [1, 2, 3]
+    # The first event conflicts: none of the batch is written.
+    with pytest.raises(VersionConflictError) as info:
+        await store.save_events([ev("a", 3), ev("a", 4)])
+    assert info.value.current_version == 3
+    assert await store.get_latest_version("a") == 3
+
+
+async def test_save_events_expected_version(store: SnapshotStore) -> None:
+    await store.save_events([ev("a", 1)], expected_version=0)
+    with pytest.raises(VersionConflictError) as info:
+        await store.save_events([ev("a", 5), ev("a", 6)], expected_version=0)
+    assert info.value.current_version == 1
+    await store.save_events([ev("a", 2), ev("a", 3)], expected_version=1)
+    assert [e.version for e in await store.get_events("a")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        [],
+        [ev("a", 1), ev("b", 2)],
+        [ev("a", 2), ev("a", 1)],
+        [ev("a", 1), ev("a", 1)],
+        [ev("a", 1), ev("a", 2, bad={1, 2})],
+    ],
+    ids=["empty", "two-actors", "decreasing", "repeated", "bad-data"],
+)
+async def test_save_events_rejects_bad_batches(store: SnapshotStore, batch: list[Event]) -> None:
+    with pytest.raises(InvalidEventError):
+        await store.save_events(batch)
+    assert await store.get_events("a") == []
+
+
+async def test_malformed_batch_keeps_earlier_history(store: SnapshotStore) -> None:
+    await store.save_event(ev("a", 1))
+    with pytest.raises(InvalidEventError):
+        await store.save_events([ev("a", 2), ev("a", 3, bad=float("inf"))])
+    assert [e.version for e in await store.get_events("a")] == [1]
+
+
+async def test_snapshots_never_go_backwards(store: SnapshotStore) -> None:
+    await store.save_snapshot(ActorSnapshot("a", 5, {"balance": 50}))
+    await store.save_snapshot(ActorSnapshot("a", 3, {"balance": 30}))
+    latest = await store.get_latest_snapshot("a")
+    assert latest is not None and (latest.version, latest.state) == (5, {"balance": 50})
+    await store.save_snapshot(ActorSnapshot("a", 8, {"balance": 80}))
+    latest = await store.get_latest_snapshot("a")
+    assert latest is not None and latest.version == 8
+    assert await store.get_latest_snapshot("b") is None
+
+
+async def test_concurrent_snapshot_writers_keep_the_newest(store: SnapshotStore) -> None:
+    versions = list(range(1, 41))
+    await asyncio.gather(
+        *(store.save_snapshot(ActorSnapshot("a", v, {"v": v})) for v in reversed(versions))
+    )
+    latest = await store.get_latest_snapshot("a")
+    assert latest is not None and latest.version == 40 and latest.state == {"v": 40}
+
+
+async def test_bad_snapshot_is_rejected(store: SnapshotStore) -> None:
+    with pytest.raises(InvalidEventError):
+        await store.save_snapshot(ActorSnapshot("", 1, {}))
+    with pytest.raises(InvalidEventError):
+        await store.save_snapshot(ActorSnapshot("a", 1, {"x": object()}))
+    assert await store.get_latest_snapshot("a") is None
+
+
+async def test_concurrent_tasks_store_each_version_once(store: SnapshotStore) -> None:
+    """Many tasks race on a few actors with latest+1: no version is stored twice."""
+    acknowledged: list[Event] = []
+
+    async def writer(actor: str, n: int) -> None:
+        for _ in range(n):
+            while True:
+                event = ev(actor, await store.get_latest_version(actor) + 1)
+                try:
+                    await store.save_event(event)
+                except VersionConflictError:
+                    continue
+                acknowledged.append(event)
+                break
+
+    await asyncio.gather(*(writer(f"hot-{i % 3}", 10) for i in range(12)))
+    for i in range(3):
+        stored = await store.get_events(f"hot-{i}")
+        assert [e.version for e in stored] == list(range(1, 41))
+        assert {e.id for e in stored} == {e.id for e in acknowledged if e.actor_id == f"hot-{i}"}
