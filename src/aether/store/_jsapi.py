@@ -14,7 +14,7 @@ import base64
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client
@@ -32,8 +32,14 @@ STREAM_NOT_FOUND = 10059
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE_MSG_ID = 10201
 
+
+class _NotReadyError(Exception):
+    """JetStream answered 503: not applied, try again."""
+
+
 # Failures after which the request's fate is unknown or it simply got no answer.
 _RETRYABLE = (
+    _NotReadyError,
     asyncio.TimeoutError,  # nats.errors.TimeoutError derives from it
     nats.errors.NoRespondersError,
     nats.errors.ConnectionReconnectingError,
@@ -41,6 +47,7 @@ _RETRYABLE = (
     nats.errors.OutboundBufferLimitError,
 )
 _NS_PER_SECOND = 1_000_000_000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +65,7 @@ class JsApi:
         self.retry_deadline = retry_deadline
         self.retries = 0  # requests sent again after an unknown outcome
 
-    async def until_known(self, attempt: Callable[[], Awaitable[Msg]]) -> tuple[Msg, bool]:
+    async def until_known(self, attempt: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Run *attempt* until it gets an answer. Returns (answer, ambiguous).
 
         ``ambiguous`` is True if an earlier attempt timed out: it may have been applied.
@@ -96,18 +103,19 @@ class JsApi:
     ) -> tuple[dict[str, Any], bool]:
         """A request with the retry policy; returns (decoded JSON answer, ambiguous)."""
 
-        def attempt() -> Awaitable[Msg]:
-            return self.nc.request(subject, payload, timeout=self.request_timeout, headers=headers)
+        async def attempt() -> dict[str, Any]:
+            msg = await self.nc.request(
+                subject, payload, timeout=self.request_timeout, headers=headers
+            )
+            answer: dict[str, Any] = _json.loads(msg.data)
+            error = answer.get("error")
+            if error is not None and error.get("code") == 503:
+                # JetStream is not ready (restart, meta leader election): the request was
+                # not applied; ask again within the same deadline.
+                raise _NotReadyError
+            return answer
 
-        msg, ambiguous = await self.until_known(attempt)
-        answer = _json.loads(msg.data)
-        error = answer.get("error")
-        if error is not None and error.get("code") == 503:
-            # JetStream is not ready (restart, meta leader election): the request was not
-            # applied, ask again within the same deadline.
-            answer, again = await self.request(subject, payload, headers)
-            ambiguous = ambiguous or again
-        return answer, ambiguous
+        return await self.until_known(attempt)
 
     async def call(self, api: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """A JetStream API call (``$JS.API.<api>``). Raises JetStreamError on an error."""
