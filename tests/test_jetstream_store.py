@@ -406,3 +406,24 @@ async def test_server_down_past_the_deadline_then_back(fresh_nats_server: NatsSe
         assert store.stats.conflicts == 0
     finally:
         await client.close()
+
+
+async def test_replay_resumes_when_its_consumer_vanishes(
+    open_store: StoreFactory, nc: Client
+) -> None:
+    store = await open_store(
+        config=JetStreamConfig(replay_batch_size=5, request_timeout=timedelta(milliseconds=300))
+    )
+    await store.save_events([ev("acc", v) for v in range(1, 41)])
+    await store.save_event(ev("other", 1))  # interleaved subjects must not confuse resumption
+    await store.save_events([ev("acc", v) for v in range(41, 61)])
+    jsm = nc.jetstream()
+    seen = []
+    async for event in store.iter_events("acc"):
+        seen.append(event.version)
+        if len(seen) in (3, 22):
+            # Lose the consumer, as on a leader change or after an idle reader.
+            for consumer in await jsm.consumers_info(store.stream_name):
+                await jsm.delete_consumer(store.stream_name, consumer.name)
+    assert seen == list(range(1, 61))
+    assert store.stats.retries >= 2

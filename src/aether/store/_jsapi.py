@@ -37,6 +37,10 @@ class _NotReadyError(Exception):
     """JetStream answered 503: not applied, try again."""
 
 
+class _StalledError(Exception):
+    """A replay consumer stopped delivering: resume with a new one."""
+
+
 # Failures after which the request's fate is unknown or it simply got no answer.
 _RETRYABLE = (
     _NotReadyError,
@@ -139,29 +143,62 @@ class JsApi:
     async def iter_subject(
         self, stream: str, subject: str, *, start_seq: int = 1, batch: int = 500
     ) -> AsyncIterator[StoredMsg]:
-        """Every message on *subject* from *start_seq* on, as stored when the call began.
+        """Every message on *subject* from *start_seq* on (at least those stored when the
+        call began).
 
         An ephemeral in-memory pull consumer with no acks streams the messages; two pull
         requests of *batch* messages are kept in flight so the server works while we
-        decode, and at most two batches are buffered (bounded memory).
+        decode, and at most two batches are buffered (bounded memory). If the consumer
+        stalls or vanishes (leader change, a reader idle past the consumer's inactivity
+        limit), a new one resumes after the last delivered message, within the deadline.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_deadline
+        next_seq = start_seq
+        while True:
+            consumer = await self._create_consumer(stream, subject, next_seq)
+            if consumer is None:
+                return
+            name, pending = consumer
+            try:
+                async for msg in self._drain(stream, name, pending, batch):
+                    next_seq = msg.seq + 1
+                    yield msg
+                return
+            except _StalledError as exc:
+                if loop.time() >= deadline:
+                    raise StoreUnavailableError(
+                        f"replay of {subject!r} stalled at sequence {next_seq}"
+                    ) from exc
+                self.retries += 1
+            finally:
+                await self._delete_consumer(stream, name)
+
+    async def _create_consumer(
+        self, stream: str, subject: str, start_seq: int
+    ) -> tuple[str, int] | None:
+        """Create a replay consumer: (its name, messages pending), or None if none are."""
         config: dict[str, Any] = {
             "filter_subject": subject,
             "ack_policy": "none",
             "mem_storage": True,
             "num_replicas": 1,
-            "inactive_threshold": 60 * _NS_PER_SECOND,  # the server cleans up if we vanish
+            # The server removes it if we vanish; a normal replay deletes it at the end.
+            "inactive_threshold": 300 * _NS_PER_SECOND,
         }
         if start_seq > 1:
             config.update(deliver_policy="by_start_sequence", opt_start_seq=start_seq)
-        info = await self.call(
-            f"CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}
-        )
-        name = info["name"]
-        pending = info["num_pending"]
-        if pending == 0:
-            await self._delete_consumer(stream, name)
-            return
+        body = {"stream_name": stream, "config": config}
+        info = await self.call(f"CONSUMER.CREATE.{stream}", body)
+        if info["num_pending"] == 0:
+            await self._delete_consumer(stream, info["name"])
+            return None
+        return info["name"], info["num_pending"]
+
+    async def _drain(
+        self, stream: str, name: str, pending: int, batch: int
+    ) -> AsyncIterator[StoredMsg]:
+        """Pull *pending* messages from the consumer. Raises _StalledError if none come."""
         buffer: deque[Msg] = deque()
         arrived = asyncio.Event()
 
@@ -182,16 +219,18 @@ class JsApi:
                 if not buffer:
                     arrived.clear()
                     try:
-                        await asyncio.wait_for(arrived.wait(), self.request_timeout * 5)
+                        await asyncio.wait_for(arrived.wait(), self.request_timeout)
                     except TimeoutError as exc:
-                        raise StoreUnavailableError(
-                            f"replay of {subject!r} stalled after {received} messages"
-                        ) from exc
+                        raise _StalledError from exc
                     continue
                 msg = buffer.popleft()
                 if not msg.reply.startswith("$JS.ACK."):
-                    # A status answer (404: nothing more, e.g. messages expired meanwhile).
-                    return
+                    # A status answer: 404/408 when nothing more is there (messages
+                    # expired meanwhile); anything else means the consumer is gone.
+                    status = msg.headers.get("Status") if msg.headers else None
+                    if status in ("404", "408"):
+                        return
+                    raise _StalledError(f"pull request answered with status {status}")
                 received += 1
                 yield StoredMsg(_ack_stream_seq(msg.reply), msg.data)
                 if requested - received < batch and requested < pending:
@@ -200,7 +239,6 @@ class JsApi:
         finally:
             if not self.nc.is_closed:
                 await sub.unsubscribe()
-                await self._delete_consumer(stream, name)
 
     async def _delete_consumer(self, stream: str, name: str) -> None:
         # Fire and forget: the consumer also expires by inactive_threshold.
