@@ -59,7 +59,9 @@ class StoreUnavailableError(AetherError):
 
     For a write this means the outcome is **unknown**: the event may or may not be
     stored. Saving the same :class:`~aether.Event` again (same ``id``) is safe: it is
-    stored at most once, and a save of an event that already landed returns normally.
+    stored at most once. If it had landed and is still the actor's latest event, the
+    save returns normally; if others have appended after it, you get
+    :class:`VersionConflictError` (reload the actor to see whether it is there).
     """
 
 
