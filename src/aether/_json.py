@@ -21,6 +21,8 @@ _UINT64_MAX = 2**64 - 1
 
 dumps = orjson.dumps
 loads = orjson.loads
+# orjson writes an aware UTC datetime as RFC 3339 with "Z", exactly as format_timestamp does.
+OPT_UTC_Z = orjson.OPT_UTC_Z
 JSONDecodeError = orjson.JSONDecodeError
 
 
@@ -28,7 +30,18 @@ def check_json_object(value: object, where: str) -> None:
     """Raise InvalidEventError unless *value* is a ``dict[str, JSON]`` that round-trips."""
     if type(value) is not dict:
         raise InvalidEventError(f"{where} must be a dict, not {type(value).__name__}")
-    _check_value(value, where)
+    for key, item in value.items():
+        if type(key) is not str:
+            raise InvalidEventError(f"{where} has a non-string key {key!r}")
+        # Inline fast path for the common flat scalars (this runs on every save).
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int and _INT64_MIN <= item <= _UINT64_MAX:
+            continue
+        if kind is float and item - item == 0.0:  # finite (inf - inf is nan)
+            continue
+        _check_value(item, f"{where}[{key!r}]")
 
 
 def _check_value(value: object, where: str) -> None:
@@ -58,13 +71,20 @@ def _check_value(value: object, where: str) -> None:
     raise InvalidEventError(f"{where} is a {kind.__name__}, which is not JSON-serialisable")
 
 
-def format_timestamp(ts: datetime, where: str) -> str:
-    """RFC 3339 in UTC with a ``Z`` suffix, as Go's ``time.Time`` marshals it."""
+def utc_timestamp(ts: object, where: str) -> datetime:
+    """*ts* as an aware UTC datetime. Raises InvalidEventError if naive or not a datetime."""
     if type(ts) is not datetime:
         raise InvalidEventError(f"{where} must be a datetime, not {type(ts).__name__}")
+    if ts.tzinfo is UTC:
+        return ts
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise InvalidEventError(f"{where} must be timezone-aware (got a naive datetime)")
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return ts.astimezone(UTC)
+
+
+def format_timestamp(ts: object, where: str) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix, as Go's ``time.Time`` marshals it."""
+    return utc_timestamp(ts, where).isoformat().replace("+00:00", "Z")
 
 
 def parse_timestamp(raw: object) -> datetime:

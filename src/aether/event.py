@@ -82,32 +82,40 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The validated wire form as a dict. Raises InvalidEventError."""
+        wire = self._validated_wire()
+        wire["timestamp"] = _json.format_timestamp(wire["timestamp"], "timestamp")
+        return wire
+
+    def to_json(self) -> bytes:
+        """Encode to the JSON wire form. Raises InvalidEventError for a malformed event."""
+        return _json.dumps(self._validated_wire(), option=_json.OPT_UTC_Z)
+
+    def _validated_wire(self) -> dict[str, Any]:
+        # The timestamp stays a UTC datetime here: orjson formats it (fast path of saves).
         _check_identity(self.actor_id, self.version)
         if type(self.event_type) is not str or not self.event_type:
             raise InvalidEventError("event_type must be a non-empty str")
         if type(self.id) is not str or not self.id:
             raise InvalidEventError("id must be a non-empty str")
-        if self.command_id is not None and type(self.command_id) is not str:
-            raise InvalidEventError("command_id must be a str or None")
         _json.check_json_object(self.data, "data")
-        _check_metadata(self.metadata)
         wire: dict[str, Any] = {
             "id": self.id,
             "eventType": self.event_type,
             "actorId": self.actor_id,
             "version": self.version,
             "data": self.data,
-            "timestamp": _json.format_timestamp(self.timestamp, "timestamp"),
+            "timestamp": _json.utc_timestamp(self.timestamp, "timestamp"),
         }
         if self.command_id is not None:
+            if type(self.command_id) is not str:
+                raise InvalidEventError("command_id must be a str or None")
             wire["commandId"] = self.command_id
         if self.metadata:
+            _check_metadata(self.metadata)
             wire["metadata"] = self.metadata
+        elif type(self.metadata) is not dict:
+            raise InvalidEventError("metadata must be a dict[str, str]")
         return wire
-
-    def to_json(self) -> bytes:
-        """Encode to the JSON wire form. Raises InvalidEventError for a malformed event."""
-        return _json.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, obj: object) -> Event:
@@ -163,8 +171,9 @@ class ActorSnapshot:
                 "actorId": self.actor_id,
                 "version": self.version,
                 "state": self.state,
-                "timestamp": _json.format_timestamp(self.timestamp, "timestamp"),
-            }
+                "timestamp": _json.utc_timestamp(self.timestamp, "timestamp"),
+            },
+            option=_json.OPT_UTC_Z,
         )
 
     @classmethod

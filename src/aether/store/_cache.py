@@ -8,9 +8,9 @@ subject sequence it expects to follow (see ``jetstream.py``).
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import contextlib
+from collections import OrderedDict, deque
 from dataclasses import dataclass
-from types import TracebackType
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,52 +59,45 @@ class VersionCache:
 
 
 class KeyedLocks:
-    """One asyncio lock per key, kept only while someone holds or waits for it.
+    """One FIFO lock per key, costing nothing but a dict entry while uncontended.
 
-    ``async with locks.hold(key):`` serialises the store's read-modify-write of one actor
-    within this process, so a slow read can never overwrite a newer cache entry.
+    ``await locks.acquire(key)`` / ``locks.release(key)`` serialise the store's
+    read-modify-write of one actor within this process, so a slow read can never
+    overwrite a newer cache entry. Only waiters get a future; the lock passes straight
+    to the next waiter on release.
     """
 
     def __init__(self) -> None:
-        self._locks: dict[str, _HeldLock] = {}
+        # key -> waiters (None while held with nobody waiting); absent means free
+        self._held: dict[str, deque[asyncio.Future[None]] | None] = {}
 
-    def hold(self, key: str) -> _HeldLock:
-        held = self._locks.get(key)
-        if held is None:
-            held = self._locks[key] = _HeldLock(self, key)
-        held.users += 1
-        return held
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-
-class _HeldLock:
-    __slots__ = ("_key", "_lock", "_owner", "users")
-
-    def __init__(self, owner: KeyedLocks, key: str) -> None:
-        self._owner = owner
-        self._key = key
-        self._lock = asyncio.Lock()
-        self.users = 0
-
-    async def __aenter__(self) -> None:
+    async def acquire(self, key: str) -> None:
+        if key not in self._held:
+            self._held[key] = None
+            return
+        waiters = self._held[key]
+        if waiters is None:
+            waiters = self._held[key] = deque()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(future)
         try:
-            await self._lock.acquire()
-        except BaseException:  # cancelled while waiting
-            self._release_user()
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(key)  # the lock was handed to us as we were cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(future)
             raise
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._lock.release()
-        self._release_user()
+    def release(self, key: str) -> None:
+        waiters = self._held[key]
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # ownership passes to this waiter
+                return
+        del self._held[key]
 
-    def _release_user(self) -> None:
-        self.users -= 1
-        if self.users == 0:
-            del self._owner._locks[self._key]
+    def __len__(self) -> int:
+        return len(self._held)

@@ -72,12 +72,12 @@ class JsApi:
     async def until_known(self, attempt: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Run *attempt* until it gets an answer. Returns (answer, ambiguous).
 
-        ``ambiguous`` is True if an earlier attempt timed out: it may have been applied.
-        Raises StoreUnavailableError past the deadline or on a closed connection.
+        ``ambiguous`` is True if an attempt timed out: it may have been applied. Raises
+        StoreUnavailableError once ``retry_deadline`` has passed since the first failure,
+        or at once on a closed connection.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_deadline
         ambiguous = False
+        deadline: float | None = None  # set at the first failure: the fast path pays nothing
         backoff = 0.02
         while True:
             if self.nc.is_closed:
@@ -85,22 +85,24 @@ class JsApi:
             try:
                 return await attempt(), ambiguous
             except _RETRYABLE as exc:
-                if isinstance(exc, asyncio.TimeoutError):
-                    ambiguous = True
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise StoreUnavailableError(
-                        f"no answer from JetStream within {self.retry_deadline:g}s "
-                        f"(last failure: {type(exc).__name__})"
-                    ) from exc
-                self.retries += 1
-                # Timeouts already waited; "no responders" (leader election, restart)
-                # answers at once, so back off before asking again.
-                if not isinstance(exc, asyncio.TimeoutError):
-                    await asyncio.sleep(min(backoff, remaining))
-                    backoff = min(backoff * 2, 0.5)
+                failure: BaseException = exc
             except nats.errors.ConnectionClosedError as exc:
                 raise StoreUnavailableError("the NATS connection is closed") from exc
+            now = asyncio.get_running_loop().time()
+            if deadline is None:
+                deadline = now + self.retry_deadline
+            elif now >= deadline:
+                raise StoreUnavailableError(
+                    f"no answer from JetStream within {self.retry_deadline:g}s "
+                    f"(last failure: {type(failure).__name__})"
+                ) from failure
+            self.retries += 1
+            if isinstance(failure, asyncio.TimeoutError):
+                ambiguous = True  # a timeout already waited: ask again at once
+            else:
+                # "No responders" (leader election, restart) answers at once: back off.
+                await asyncio.sleep(min(backoff, deadline - now))
+                backoff = min(backoff * 2, 0.5)
 
     async def request(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None

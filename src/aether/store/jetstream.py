@@ -230,7 +230,8 @@ class JetStreamEventStore:
         expected_version: int | None,
     ) -> None:
         subject = self._event_prefix + encode_actor_id(actor_id)
-        async with self._locks.hold(actor_id):
+        await self._locks.acquire(actor_id)
+        try:
             entry = self._cache.get(actor_id)
             fresh = entry is None
             if entry is None:
@@ -239,6 +240,8 @@ class JetStreamEventStore:
             else:
                 self._stats.cache_hits += 1
             await self._append(actor_id, subject, events, payloads, entry, fresh, expected_version)
+        finally:
+            self._locks.release(actor_id)
 
     async def _append(
         self,
@@ -376,10 +379,13 @@ class JetStreamEventStore:
         """
         _rules.check_actor_id(actor_id)
         subject = self._event_prefix + encode_actor_id(actor_id)
-        async with self._locks.hold(actor_id):
+        await self._locks.acquire(actor_id)
+        try:
             entry = await self._read_tail(actor_id, subject)
             self._cache.put(actor_id, entry)
             return entry.version
+        finally:
+            self._locks.release(actor_id)
 
     async def _read_tail(self, actor_id: str, subject: str) -> CacheEntry:
         last = await self._api.last_msg(self._stream, subject)
