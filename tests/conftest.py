@@ -22,12 +22,13 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
     await client.close()
 
 
-@pytest.fixture
-async def open_store(nats_url: str) -> AsyncIterator[StoreFactory]:
-    """Open JetStream stores, each on its own connection (like separate processes).
+@contextlib.asynccontextmanager
+async def store_factory(
+    servers: list[str], default_config: JetStreamConfig | None = None
+) -> AsyncIterator[StoreFactory]:
+    """Open JetStream stores on *servers*, each on its own connection (like processes).
 
-    Every store opened by one test shares one fresh stream unless told otherwise; the
-    streams are deleted afterwards.
+    Every store shares one fresh stream unless told otherwise; streams are deleted after.
     """
     default_stream = "t" + uuid.uuid4().hex[:12]
     clients: list[Client] = []
@@ -36,21 +37,30 @@ async def open_store(nats_url: str) -> AsyncIterator[StoreFactory]:
     async def factory(
         stream_name: str = default_stream, config: JetStreamConfig | None = None
     ) -> JetStreamEventStore:
-        client = await nats.connect(nats_url)
+        client = await nats.connect(servers=servers)
         clients.append(client)
-        store = await JetStreamEventStore.open(client, stream_name, config)
+        store = await JetStreamEventStore.open(client, stream_name, config or default_config)
         streams.add(store.stream_name)
         return store
 
-    yield factory
-    for client in clients:
-        await client.close()
-    async with await nats.connect(nats_url) as admin:
-        js = admin.jetstream()
-        for name in streams:
-            for stream in (name, f"{name}_snapshots"):
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await js.delete_stream(stream)
+    try:
+        yield factory
+    finally:
+        for client in clients:
+            await client.close()
+        async with await nats.connect(servers=servers) as admin:
+            js = admin.jetstream()
+            for name in streams:
+                for stream in (name, f"{name}_snapshots"):
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await js.delete_stream(stream)
+
+
+@pytest.fixture
+async def open_store(nats_url: str) -> AsyncIterator[StoreFactory]:
+    """Stores on the session's single nats-server."""
+    async with store_factory([nats_url]) as factory:
+        yield factory
 
 
 @pytest.fixture

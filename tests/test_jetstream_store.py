@@ -427,3 +427,65 @@ async def test_replay_resumes_when_its_consumer_vanishes(
                 await jsm.delete_consumer(store.stream_name, consumer.name)
     assert seen == list(range(1, 61))
     assert store.stats.retries >= 2
+
+
+async def test_reused_event_id_on_another_actor_is_refused(js_store: JetStreamEventStore) -> None:
+    await js_store.save_event(Event("Opened", "alice", 1, id="cmd-42"))
+    with pytest.raises(InvalidEventError, match="already used"):
+        await js_store.save_event(Event("Opened", "bob", 1, id="cmd-42"))
+    assert await js_store.get_events("bob") == []
+    assert await js_store.get_latest_version("bob") == 0
+
+
+async def test_longest_id_at_the_size_limit_keeps_the_connection(
+    js_store: JetStreamEventStore,
+) -> None:
+    long_id = "i" * 256
+    probe = Event("Opened", "acc", 1, id=long_id)
+    room = js_store._nc.max_payload - 256 - len(long_id) - len(probe.to_json())
+    fits = Event("Opened", "acc", 1, {"blob": "x" * (room - 12)}, id=long_id)
+    too_big = Event("Opened", "acc", 2, {"blob": "x" * (room + 12)}, id="j" * 256)
+    await js_store.save_event(fits)
+    with pytest.raises(EventTooLargeError):
+        await js_store.save_event(too_big)
+    assert not js_store._nc.is_closed
+    assert [e.id for e in await js_store.get_events("acc")] == [long_id]
+
+
+async def test_foreign_timestamp_out_of_range_is_a_replay_error(
+    js_store: JetStreamEventStore, nc: Client
+) -> None:
+    await js_store.save_event(ev("acc", 1))
+    subject = js_store._event_prefix + encode_actor_id("acc")
+    await nc.jetstream().publish(
+        subject,
+        b'{"id":"x","eventType":"A","actorId":"acc","version":2,'
+        b'"timestamp":"0001-01-01T00:00:00+01:00"}',
+    )
+    result = await js_store.get_events_with_errors("acc")
+    assert [e.version for e in result.events] == [1]
+    assert len(result.errors) == 1 and isinstance(result.errors[0].error, ValueError)
+    assert await js_store.get_latest_version("acc") == 1
+    await js_store.save_event(ev("acc", 2))
+
+
+async def test_replay_resumes_after_an_idle_longer_than_the_deadline(
+    open_store: StoreFactory, nc: Client
+) -> None:
+    store = await open_store(
+        config=JetStreamConfig(
+            replay_batch_size=5,
+            request_timeout=timedelta(milliseconds=200),
+            retry_deadline=timedelta(milliseconds=500),
+        )
+    )
+    await store.save_events([ev("acc", v) for v in range(1, 31)])
+    jsm = nc.jetstream()
+    seen = []
+    async for event in store.iter_events("acc"):
+        seen.append(event.version)
+        if len(seen) == 12:
+            await asyncio.sleep(0.8)  # a slow reader: longer than retry_deadline
+            for consumer in await jsm.consumers_info(store.stream_name):
+                await jsm.delete_consumer(store.stream_name, consumer.name)
+    assert seen == list(range(1, 31))

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, NamedTuple
 
 import pytest
 
 from aether import ActorSnapshot, Event, InvalidEventError, VersionConflictError
 from aether.store import EventStore, SnapshotStore
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"n": value}
+    return value
+
+
+def _cyclic() -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    value["self"] = value
+    return value
 
 
 def ev(actor: str, version: int, **data: object) -> Event:
@@ -122,6 +141,18 @@ async def test_mutating_a_saved_event_does_not_change_history(store: SnapshotSto
         ({"event_type": ""}, "event_type"),
         ({"metadata": {"k": 1}}, "metadata"),
         ({"timestamp": datetime(2026, 1, 1)}, "timezone"),  # naive on purpose
+        ({"timestamp": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))}, "range"),
+        ({"version": 2**64}, "64-bit"),
+        ({"data": {"x": "lone \udc80 surrogate"}}, "JSON"),
+        ({"actor_id": "a\udc80"}, "JSON"),
+        ({"data": {"p": Point(1, 2)}}, "not JSON"),
+        ({"data": {"deep": _nested(300)}}, "JSON"),
+        ({"data": _cyclic()}, "cyclic"),
+        ({"id": ""}, "id"),
+        ({"id": "has space"}, "id"),
+        ({"id": "tab\there"}, "id"),
+        ({"id": "x" * 257}, "id"),
+        ({"command_id": 7}, "command_id"),
     ],
 )
 async def test_bad_input_raises_and_writes_nothing(

@@ -21,15 +21,29 @@ _UINT64_MAX = 2**64 - 1
 
 dumps = orjson.dumps
 loads = orjson.loads
-# orjson writes an aware UTC datetime as RFC 3339 with "Z", exactly as format_timestamp does.
-OPT_UTC_Z = orjson.OPT_UTC_Z
 JSONDecodeError = orjson.JSONDecodeError
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """Encode a checked wire dict. orjson writes its UTC datetimes as RFC 3339 with "Z",
+    exactly as :func:`format_timestamp` does. Raises InvalidEventError."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_UTC_Z)
+    except (orjson.JSONEncodeError, RecursionError) as exc:  # lone surrogates, depth > 254
+        raise InvalidEventError(f"not JSON-serialisable: {exc}") from exc
 
 
 def check_json_object(value: object, where: str) -> None:
     """Raise InvalidEventError unless *value* is a ``dict[str, JSON]`` that round-trips."""
     if type(value) is not dict:
         raise InvalidEventError(f"{where} must be a dict, not {type(value).__name__}")
+    try:
+        _check_items(value, where)
+    except RecursionError as exc:
+        raise InvalidEventError(f"{where} is nested too deeply (or cyclic)") from exc
+
+
+def _check_items(value: dict[Any, Any], where: str) -> None:
     for key, item in value.items():
         if type(key) is not str:
             raise InvalidEventError(f"{where} has a non-string key {key!r}")
@@ -64,7 +78,8 @@ def _check_value(value: object, where: str) -> None:
                 raise InvalidEventError(f"{where} has a non-string key {key!r}")
             _check_value(item, f"{where}[{key!r}]")
         return
-    if isinstance(value, list | tuple):
+    # A plain tuple encodes as an array; a namedtuple would not round-trip.
+    if isinstance(value, list) or (isinstance(value, tuple) and kind is tuple):
         for index, item in enumerate(value):
             _check_value(item, f"{where}[{index}]")
         return
@@ -79,7 +94,10 @@ def utc_timestamp(ts: object, where: str) -> datetime:
         return ts
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise InvalidEventError(f"{where} must be timezone-aware (got a naive datetime)")
-    return ts.astimezone(UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError as exc:
+        raise InvalidEventError(f"{where} {ts!r} is out of range in UTC") from exc
 
 
 def format_timestamp(ts: object, where: str) -> str:
@@ -94,7 +112,10 @@ def parse_timestamp(raw: object) -> datetime:
     ts = datetime.fromisoformat(raw)
     if ts.tzinfo is None:
         raise ValueError(f"timestamp {raw!r} has no timezone")
-    return ts.astimezone(UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"timestamp {raw!r} is out of range in UTC") from exc
 
 
 def require(obj: dict[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:

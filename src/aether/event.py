@@ -26,6 +26,10 @@ USER_ID = "userId"
 TRACE_ID = "traceId"
 SPAN_ID = "spanId"
 
+#: Longest accepted event id (it travels in the Nats-Msg-Id header).
+MAX_ID_LENGTH = 256
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
 
 def _new_id() -> str:
     return str(uuid.uuid4())
@@ -88,15 +92,14 @@ class Event:
 
     def to_json(self) -> bytes:
         """Encode to the JSON wire form. Raises InvalidEventError for a malformed event."""
-        return _json.dumps(self._validated_wire(), option=_json.OPT_UTC_Z)
+        return _json.encode(self._validated_wire())
 
     def _validated_wire(self) -> dict[str, Any]:
         # The timestamp stays a UTC datetime here: orjson formats it (fast path of saves).
         _check_identity(self.actor_id, self.version)
         if type(self.event_type) is not str or not self.event_type:
             raise InvalidEventError("event_type must be a non-empty str")
-        if type(self.id) is not str or not self.id:
-            raise InvalidEventError("id must be a non-empty str")
+        _check_id(self.id)
         _json.check_json_object(self.data, "data")
         wire: dict[str, Any] = {
             "id": self.id,
@@ -166,14 +169,13 @@ class ActorSnapshot:
         """Encode as ``{"actorId","version","state","timestamp"}``. Raises InvalidEventError."""
         _check_identity(self.actor_id, self.version)
         _json.check_json_object(self.state, "state")
-        return _json.dumps(
+        return _json.encode(
             {
                 "actorId": self.actor_id,
                 "version": self.version,
                 "state": self.state,
                 "timestamp": _json.utc_timestamp(self.timestamp, "timestamp"),
-            },
-            option=_json.OPT_UTC_Z,
+            }
         )
 
     @classmethod
@@ -198,6 +200,23 @@ def _check_identity(actor_id: object, version: object) -> None:
         raise InvalidEventError(f"actor_id must be a non-empty str, got {actor_id!r}")
     if type(version) is not int:
         raise InvalidEventError(f"version must be an int, got {type(version).__name__}")
+    if not _INT64_MIN <= version <= _INT64_MAX:
+        raise InvalidEventError(f"version {version} is outside the 64-bit range")
+
+
+def _check_id(event_id: object) -> None:
+    # The id is also the Nats-Msg-Id header: printable, no spaces, bounded.
+    if (
+        type(event_id) is not str
+        or not event_id
+        or len(event_id) > MAX_ID_LENGTH
+        or not event_id.isprintable()
+        or " " in event_id
+    ):
+        raise InvalidEventError(
+            f"id must be a non-empty str of at most {MAX_ID_LENGTH} printable characters "
+            f"without spaces, got {event_id!r:.80}"
+        )
 
 
 def _check_metadata(metadata: object) -> None:

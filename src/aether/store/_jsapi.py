@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,14 +28,22 @@ API = "$JS.API"
 
 # JetStream err_codes the store reacts to.
 NO_MESSAGE_FOUND = 10037
+DUPLICATE_IN_PROCESS = 10158
+WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164  # clustered: another write to the subject is in flight
 STREAM_NAME_IN_USE = 10058
 STREAM_NOT_FOUND = 10059
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE_MSG_ID = 10201
 
 
-class _NotReadyError(Exception):
-    """JetStream answered 503: not applied, try again."""
+class _TransientError(Exception):
+    """An answer meaning "not now": 503 (JetStream not ready), 429 (too many requests),
+    or "duplicate message id is in process" (an earlier copy is still being committed,
+    so the outcome is unknown)."""
+
+    def __init__(self, ambiguous: bool) -> None:
+        super().__init__()
+        self.ambiguous = ambiguous
 
 
 class _StalledError(Exception):
@@ -43,7 +52,7 @@ class _StalledError(Exception):
 
 # Failures after which the request's fate is unknown or it simply got no answer.
 _RETRYABLE = (
-    _NotReadyError,
+    _TransientError,
     asyncio.TimeoutError,  # nats.errors.TimeoutError derives from it
     nats.errors.NoRespondersError,
     nats.errors.ConnectionReconnectingError,
@@ -57,6 +66,7 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class StoredMsg:
     seq: int
+    subject: str
     data: bytes
 
 
@@ -72,7 +82,8 @@ class JsApi:
     async def until_known(self, attempt: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Run *attempt* until it gets an answer. Returns (answer, ambiguous).
 
-        ``ambiguous`` is True if an attempt timed out: it may have been applied. Raises
+        ``ambiguous`` is True if an attempt timed out or met "duplicate message id is in
+        process": an attempt may have been applied. Raises
         StoreUnavailableError once ``retry_deadline`` has passed since the first failure,
         or at once on a closed connection.
         """
@@ -97,12 +108,14 @@ class JsApi:
                     f"(last failure: {type(failure).__name__})"
                 ) from failure
             self.retries += 1
-            if isinstance(failure, asyncio.TimeoutError):
-                ambiguous = True  # a timeout already waited: ask again at once
-            else:
-                # "No responders" (leader election, restart) answers at once: back off.
-                await asyncio.sleep(min(backoff, deadline - now))
-                backoff = min(backoff * 2, 0.5)
+            if isinstance(failure, asyncio.TimeoutError) or (
+                isinstance(failure, _TransientError) and failure.ambiguous
+            ):
+                ambiguous = True
+            # Jittered exponential backoff, also after timeouts, so that an overloaded
+            # server is not hit by every writer's retry at once.
+            await _backoff(min(backoff, deadline - now))
+            backoff = min(backoff * 2, 1.0)
 
     async def request(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
@@ -113,13 +126,7 @@ class JsApi:
             msg = await self.nc.request(
                 subject, payload, timeout=self.request_timeout, headers=headers
             )
-            answer: dict[str, Any] = _json.loads(msg.data)
-            error = answer.get("error")
-            if error is not None and error.get("code") == 503:
-                # JetStream is not ready (restart, meta leader election): the request was
-                # not applied; ask again within the same deadline.
-                raise _NotReadyError
-            return answer
+            return decode_answer(msg.data)
 
         return await self.until_known(attempt)
 
@@ -137,14 +144,16 @@ class JsApi:
             return None
         raise_for_error(answer)
         message = answer["message"]
-        return StoredMsg(message["seq"], base64.b64decode(message.get("data", "")))
+        return StoredMsg(
+            message["seq"], message["subject"], base64.b64decode(message.get("data", ""))
+        )
 
     async def last_msg(self, stream: str, subject: str) -> StoredMsg | None:
         return await self.get_msg(stream, {"last_by_subj": subject})
 
     async def iter_subject(
         self, stream: str, subject: str, *, start_seq: int = 1, batch: int = 500
-    ) -> AsyncIterator[StoredMsg]:
+    ) -> AsyncGenerator[StoredMsg, None]:
         """Every message on *subject* from *start_seq* on (at least those stored when the
         call began).
 
@@ -155,24 +164,29 @@ class JsApi:
         limit), a new one resumes after the last delivered message, within the deadline.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_deadline
+        deadline: float | None = None  # from the first stall without progress since
         next_seq = start_seq
         while True:
             consumer = await self._create_consumer(stream, subject, next_seq)
             if consumer is None:
                 return
             name, pending = consumer
+            resumed_at = next_seq
             try:
                 async for msg in self._drain(stream, name, pending, batch):
                     next_seq = msg.seq + 1
                     yield msg
                 return
             except _StalledError as exc:
-                if loop.time() >= deadline:
+                now = loop.time()
+                if deadline is None or next_seq != resumed_at:  # progress since: new deadline
+                    deadline = now + self.retry_deadline
+                elif now >= deadline:
                     raise StoreUnavailableError(
                         f"replay of {subject!r} stalled at sequence {next_seq}"
                     ) from exc
                 self.retries += 1
+                await _backoff(0.05)
             finally:
                 await self._delete_consumer(stream, name)
 
@@ -199,7 +213,7 @@ class JsApi:
 
     async def _drain(
         self, stream: str, name: str, pending: int, batch: int
-    ) -> AsyncIterator[StoredMsg]:
+    ) -> AsyncGenerator[StoredMsg, None]:
         """Pull *pending* messages from the consumer. Raises _StalledError if none come."""
         buffer: deque[Msg] = deque()
         arrived = asyncio.Event()
@@ -234,7 +248,7 @@ class JsApi:
                         return
                     raise _StalledError(f"pull request answered with status {status}")
                 received += 1
-                yield StoredMsg(_ack_stream_seq(msg.reply), msg.data)
+                yield StoredMsg(_ack_stream_seq(msg.reply), msg.subject, msg.data)
                 if requested - received < batch and requested < pending:
                     await self.nc.publish(next_subject, pull, reply=inbox)
                     requested += batch
@@ -253,6 +267,21 @@ def _ack_stream_seq(reply: str) -> int:
     # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<x>
     tokens = reply.split(".")
     return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
+def decode_answer(data: bytes) -> dict[str, Any]:
+    """Decode a JetStream answer; raise _TransientError for the "not now" answers."""
+    answer: dict[str, Any] = _json.loads(data)
+    error = answer.get("error")
+    if error is not None:
+        code, err_code = error.get("code"), error.get("err_code")
+        if code in (503, 429) or err_code == DUPLICATE_IN_PROCESS:
+            raise _TransientError(ambiguous=err_code == DUPLICATE_IN_PROCESS)
+    return answer
+
+
+async def _backoff(limit: float) -> None:
+    await asyncio.sleep(random.uniform(limit / 2, limit))
 
 
 def raise_for_error(answer: dict[str, Any]) -> None:

@@ -15,6 +15,8 @@ cache only saves the read before a write: a warm ``save_event`` is one round tri
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, fields, replace
@@ -22,9 +24,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
-from aether import _json
 from aether.errors import (
     AetherError,
     EventTooLargeError,
@@ -42,15 +42,20 @@ from aether.store._jsapi import (
     STREAM_NAME_IN_USE,
     STREAM_NOT_FOUND,
     WRONG_LAST_SEQUENCE,
+    WRONG_LAST_SEQUENCE_IN_FLIGHT,
     JsApi,
     StoredMsg,
+    decode_answer,
     raise_for_error,
 )
 from aether.store._subjects import encode_actor_id, real_stream_name
 
 _NS_PER_SECOND = 1_000_000_000
-# Room left for the headers next to an event's payload within the server's max_payload.
-_HEADER_ALLOWANCE = 512
+# Bytes of headers an append adds besides the event id (batch headers included).
+_HEADER_ALLOWANCE = 256
+# A clustered leader refuses a write while another to the same subject is in flight;
+# give that write a moment to commit before reading the tail again.
+_IN_FLIGHT_PAUSE = 0.005
 # nats-server's limit on messages per atomic batch.
 MAX_BATCH_SIZE = 1000
 _ATOMIC_SINCE = (2, 12)
@@ -198,7 +203,7 @@ class JetStreamEventStore:
         StoreUnavailableError if the outcome stayed unknown past ``retry_deadline``.
         """
         payload = event.to_json()
-        self._check_size(payload)
+        self._check_size(payload, event.id)
         await self._save(event.actor_id, [event], [payload], None)
 
     async def save_events(
@@ -218,8 +223,8 @@ class JetStreamEventStore:
                 "save_events with several events needs nats-server >= 2.12 (atomic batch "
                 f"publish); connected to {self._nc.connected_server_version}"
             )
-        for payload in payloads:
-            self._check_size(payload)
+        for event, payload in zip(events, payloads, strict=True):
+            self._check_size(payload, event.id)
         await self._save(events[0].actor_id, events, payloads, expected)
 
     async def _save(
@@ -289,20 +294,20 @@ class JetStreamEventStore:
                     self._cache.put(actor_id, CacheEntry(last.version, answer["seq"], last.id))
                 return
             code = error.get("err_code")
-            if code == WRONG_LAST_SEQUENCE:
+            if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
                 # Someone wrote since our cache entry (or our own timed-out attempt landed):
                 # repair the entry from the server and decide again.
                 self._stats.stale_cache_repairs += 1
+                if code == WRONG_LAST_SEQUENCE_IN_FLIGHT:
+                    await asyncio.sleep(_IN_FLIGHT_PAUSE)
                 entry, fresh = await self._read_tail(actor_id, subject), True
                 continue
             if code == BATCH_DUPLICATE_MSG_ID:
-                entry = await self._read_tail(actor_id, subject)
-                if entry.event_id == last.id or await self._find_landed(
-                    subject, last, first_known_seq
-                ):
-                    self._cache.discard(actor_id)
+                if await self._landed(actor_id, subject, last, first_known_seq):
                     return
                 raise InvalidEventError("an event id in this batch was already used")
+            if ambiguous and await self._landed(actor_id, subject, last, first_known_seq):
+                return  # an earlier attempt landed; this answer is about a later copy
             raise_for_error(answer)
 
     async def _publish(
@@ -315,7 +320,7 @@ class JetStreamEventStore:
             }
             return await self._api.request(subject, payloads[0], headers)
 
-        async def attempt() -> Msg:
+        async def attempt() -> dict[str, Any]:
             # A fresh batch id per attempt: a retry re-sends the whole batch.
             batch_id = uuid.uuid4().hex
             last_index = len(payloads) - 1
@@ -331,41 +336,48 @@ class JetStreamEventStore:
                     await self._nc.publish(subject, payload, headers=headers)
                 else:
                     headers["Nats-Batch-Commit"] = "1"
-                    return await self._nc.request(
+                    msg = await self._nc.request(
                         subject, payload, timeout=self._api.request_timeout, headers=headers
                     )
+                    return decode_answer(msg.data)
             raise AssertionError("unreachable: a batch has at least one event")
 
-        msg, ambiguous = await self._api.until_known(attempt)
-        return _json.loads(msg.data), ambiguous
+        return await self._api.until_known(attempt)
 
     async def _check_duplicate(self, subject: str, event: Event, seq: int) -> None:
         stored = await self._api.get_msg(self._stream, {"seq": seq})
-        if stored is not None:
-            try:
-                found = Event.from_json(stored.data)
-            except ValueError:
-                found = None
-            if found is not None and found.id == event.id and found.version == event.version:
+        if stored is not None and stored.subject == subject:
+            found = _decode(stored, event.actor_id)
+            if isinstance(found, Event) and (found.id, found.version) == (event.id, event.version):
                 return
         raise InvalidEventError(
             f"event id {event.id!r} was already used by another event (ids must be unique)"
         )
 
-    async def _find_landed(self, subject: str, event: Event, after_seq: int) -> bool:
-        """Whether *event* is stored after *after_seq*: did a timed-out attempt land?"""
-        async for msg in self._api.iter_subject(
-            self._stream, subject, start_seq=after_seq + 1, batch=self._config.replay_batch_size
-        ):
-            try:
-                if Event.from_json(msg.data).id == event.id:
-                    return True
-            except ValueError:
-                continue
+    async def _landed(self, actor_id: str, subject: str, event: Event, after_seq: int) -> bool:
+        """Whether *event* is stored (at the tail, or after *after_seq*); drops the cache
+        entry if so, since the tail's sequence is then unknown."""
+        tail = await self._read_tail(actor_id, subject)
+        if tail.event_id == event.id or await self._find_landed(subject, event, after_seq):
+            self._cache.discard(actor_id)
+            return True
         return False
 
-    def _check_size(self, payload: bytes) -> None:
-        limit = self._nc.max_payload - _HEADER_ALLOWANCE
+    async def _find_landed(self, subject: str, event: Event, after_seq: int) -> bool:
+        """Whether *event* is stored after *after_seq*: did a timed-out attempt land?"""
+        messages = self._api.iter_subject(
+            self._stream, subject, start_seq=after_seq + 1, batch=self._config.replay_batch_size
+        )
+        async with contextlib.aclosing(messages):
+            async for msg in messages:
+                decoded = _decode(msg, event.actor_id)
+                if isinstance(decoded, Event) and decoded.id == event.id:
+                    return True
+        return False
+
+    def _check_size(self, payload: bytes, msg_id: str = "") -> None:
+        # The server counts headers too; exceeding max_payload would close the connection.
+        limit = self._nc.max_payload - _HEADER_ALLOWANCE - len(msg_id)
         if len(payload) > limit:
             raise EventTooLargeError(len(payload), limit)
 
@@ -397,12 +409,14 @@ class JetStreamEventStore:
         # The newest message is malformed (a foreign writer): find the newest valid version
         # with a scan. Rare, and the actor stays writable: appends follow ``last.seq``.
         version = 0
-        async for msg in self._api.iter_subject(
+        messages = self._api.iter_subject(
             self._stream, subject, batch=self._config.replay_batch_size
-        ):
-            decoded = _decode(msg, actor_id)
-            if isinstance(decoded, Event):
-                version = max(version, decoded.version)
+        )
+        async with contextlib.aclosing(messages):
+            async for msg in messages:
+                decoded = _decode(msg, actor_id)
+                if isinstance(decoded, Event):
+                    version = max(version, decoded.version)
         return CacheEntry(version, last.seq, None)
 
     async def iter_events(self, actor_id: str, from_version: int = 0) -> AsyncIterator[Event]:
@@ -460,9 +474,12 @@ class JetStreamEventStore:
             error = answer.get("error")
             if error is None:
                 return
-            if error.get("err_code") != WRONG_LAST_SEQUENCE:
+            code = error.get("err_code")
+            if code not in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
                 raise_for_error(answer)
             # Another writer stored a snapshot meanwhile: compare against it.
+            if code == WRONG_LAST_SEQUENCE_IN_FLIGHT:
+                await asyncio.sleep(_IN_FLIGHT_PAUSE)
 
     async def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         """The newest snapshot, or None (also if the stored one is malformed)."""
