@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -72,10 +74,13 @@ def test_find_nats_server_returns_an_executable() -> None:
     assert os.access(path, os.X_OK)
 
 
-def test_env_var_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = find_nats_server()
-    monkeypatch.setenv("NATS_SERVER_BIN", real)
-    assert find_nats_server() == real
+def test_env_var_is_honoured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    copy = tmp_path / "my-nats-server"
+    shutil.copy2(find_nats_server(), copy)
+    monkeypatch.setenv("NATS_SERVER_BIN", str(copy))
+    assert find_nats_server() == str(copy)
+    with NatsServer() as server:
+        assert server.command()[0] == str(copy)
 
 
 def test_env_var_pointing_to_missing_file_raises(
@@ -238,13 +243,43 @@ async def test_session_fixtures(nats_server: NatsServer, nats_url: str) -> None:
     nc = await connect(nats_url)
     try:
         js = nc.jetstream(timeout=5)
-        await js.add_stream(StreamConfig(name="SESSION_FIXTURE", subjects=["sf.>"]))
-        assert (await js.publish("sf.a", b"x")).seq == 1
+        name = f"SESSION_{uuid.uuid4().hex[:8]}"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
+        assert (await js.publish(f"{name}.a", b"x")).stream == name
+        await js.delete_stream(name)
     finally:
         await nc.close()
 
 
 # ---------------------------------------------------------------- cluster
+
+
+def test_cluster_moves_to_fresh_ports_if_one_was_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Free ports can be taken between choosing and binding them: the first start retries."""
+    from aether.testing import _cluster
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    real_free_ports = _cluster.free_ports
+    chosen: list[list[int]] = []
+
+    def first_choice_clashes(n: int) -> list[int]:
+        ports = real_free_ports(n)
+        if not chosen:
+            ports[n // 3] = taken  # node 0's route port
+        chosen.append(ports)
+        return ports
+
+    monkeypatch.setattr(_cluster, "free_ports", first_choice_clashes)
+    try:
+        with NatsCluster(size=3) as cluster:
+            assert len(chosen) == 2
+            assert taken not in cluster.cluster_ports
+            assert cluster.meta_leader() in range(3)
+    finally:
+        blocker.close()
 
 
 def test_nats_cluster_fixture(nats_cluster: NatsCluster) -> None:

@@ -11,7 +11,7 @@ from ._aio import StartCloseContext
 from ._binary import find_nats_server
 from ._http import get_json, get_status
 from ._ports import LOOPBACK, free_ports
-from ._server import NatsServer, NatsServerStartupError
+from ._server import _ADDR_IN_USE, _AUTO_PORT_ATTEMPTS, NatsServer, NatsServerStartupError
 
 __all__ = ["NatsCluster"]
 
@@ -69,26 +69,36 @@ class NatsCluster(StartCloseContext):
         self.startup_timeout = startup_timeout
         exe = os.fspath(binary) if binary is not None else find_nats_server()
 
+        self._size = size
+        self._exe = exe
+        self._extra_args = extra_args
+        self._extra_config = extra_config
+        self._ever_started = False
+        self.servers: list[NatsServer] = []
+        self._make_nodes()
+
+    def _make_nodes(self) -> None:
+        """Create the nodes' configs on fresh free ports (not started yet)."""
+        size = self._size
         ports = free_ports(3 * size)
         client_ports = ports[:size]
         route_ports = ports[size : 2 * size]
         monitor_ports = ports[2 * size :]
         #: Route (cluster) port of each node; unused when ``size == 1``.
         self.cluster_ports: list[int] = route_ports
-
-        self.servers: list[NatsServer] = []
+        self.servers = []
         try:
             for i in range(size):
                 routes = ", ".join(
                     f"nats-route://{LOOPBACK}:{p}" for j, p in enumerate(route_ports) if j != i
                 )
-                config = f"{extra_config}\n"
+                config = f"{self._extra_config}\n"
                 if size > 1:
                     # nats-server refuses a JetStream cluster block without routes, so a
                     # 1-node "cluster" is a standalone server.
                     config = (
                         f"cluster {{\n"
-                        f"  name: {_quote(name)}\n"
+                        f"  name: {_quote(self.name)}\n"
                         f"  listen: {_quote(f'{LOOPBACK}:{route_ports[i]}')}\n"
                         f"  routes: [{routes}]\n"
                         f"}}\n" + config
@@ -99,9 +109,9 @@ class NatsCluster(StartCloseContext):
                         monitor_port=monitor_ports[i],
                         config=config,
                         server_name=f"n{i}",
-                        extra_args=extra_args,
-                        startup_timeout=startup_timeout,
-                        binary=exe,
+                        extra_args=self._extra_args,
+                        startup_timeout=self.startup_timeout,
+                        binary=self._exe,
                     )
                 )
         except BaseException:
@@ -150,10 +160,29 @@ class NatsCluster(StartCloseContext):
             RuntimeError: if node ``i`` is already running.
             NatsServerStartupError: if a node exits or the cluster is not ready in time.
         """
-        if i is not None:
-            nodes = [self.servers[i]]
-        else:
-            nodes = [s for s in self.servers if not s.is_running]
+        for attempt in range(_AUTO_PORT_ATTEMPTS):
+            if i is not None:
+                nodes = [self.servers[i]]
+            else:
+                nodes = [s for s in self.servers if not s.is_running]
+            try:
+                self._start_nodes(nodes)
+                break
+            except NatsServerStartupError as exc:
+                # The ports were free when chosen but something took one before the node
+                # bound it; before the first start the whole cluster may move elsewhere.
+                if self._ever_started or _ADDR_IN_USE not in str(exc):
+                    raise
+                if attempt == _AUTO_PORT_ATTEMPTS - 1:
+                    raise
+                for server in self.servers:
+                    server.close()
+                self._make_nodes()
+        self._ever_started = True
+        if wait:
+            self.wait_ready()
+
+    def _start_nodes(self, nodes: list[NatsServer]) -> None:
         for node in nodes:
             node._spawn()
         deadline = time.monotonic() + self.startup_timeout
@@ -164,8 +193,6 @@ class NatsCluster(StartCloseContext):
             for node in nodes:
                 node.kill()
             raise
-        if wait:
-            self.wait_ready()
 
     def kill(self, i: int) -> None:
         """SIGKILL node ``i`` (a crash); its store dir and ports are kept."""
