@@ -114,6 +114,16 @@ async def test_resaving_the_latest_event_is_idempotent(store: SnapshotStore) -> 
     assert await store.get_events("a") == [event]
 
 
+async def test_a_reused_event_id_is_refused(store: SnapshotStore) -> None:
+    await store.save_event(Event("Opened", "alice", 1, id="cmd-42"))
+    with pytest.raises(InvalidEventError, match="already used"):
+        await store.save_event(Event("Opened", "bob", 1, id="cmd-42"))
+    with pytest.raises(InvalidEventError, match="already used"):
+        await store.save_event(Event("Renamed", "alice", 2, id="cmd-42"))
+    assert await store.get_events("bob") == []
+    assert [e.version for e in await store.get_events("alice")] == [1]
+
+
 async def test_mutating_a_saved_event_does_not_change_history(store: SnapshotStore) -> None:
     event = ev("a", 1, items=[1])
     await store.save_event(event)

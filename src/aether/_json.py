@@ -16,7 +16,8 @@ import orjson
 
 from aether.errors import InvalidEventError
 
-_INT64_MIN = -(2**63)
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 _UINT64_MAX = 2**64 - 1
 
 dumps = orjson.dumps
@@ -51,7 +52,7 @@ def _check_items(value: dict[Any, Any], where: str) -> None:
         kind = type(item)
         if kind is str or kind is bool or item is None:
             continue
-        if kind is int and _INT64_MIN <= item <= _UINT64_MAX:
+        if kind is int and INT64_MIN <= item <= _UINT64_MAX:
             continue
         if kind is float and item - item == 0.0:  # finite (inf - inf is nan)
             continue
@@ -65,7 +66,7 @@ def _check_value(value: object, where: str) -> None:
     if value is None or kind is str or kind is bool:
         return
     if kind is int:
-        if not _INT64_MIN <= value <= _UINT64_MAX:  # type: ignore[operator]
+        if not INT64_MIN <= value <= _UINT64_MAX:  # type: ignore[operator]
             raise InvalidEventError(f"{where} is an integer outside the 64-bit JSON range")
         return
     if kind is float:

@@ -28,7 +28,6 @@ SPAN_ID = "spanId"
 
 #: Longest accepted event id (it travels in the Nats-Msg-Id header).
 MAX_ID_LENGTH = 256
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _new_id() -> str:
@@ -195,12 +194,17 @@ class ActorSnapshot:
             raise InvalidEventError(f"malformed snapshot: {exc}") from exc
 
 
-def _check_identity(actor_id: object, version: object) -> None:
+def check_actor_id(actor_id: object) -> None:
+    """Raise InvalidEventError unless *actor_id* is a non-empty str."""
     if type(actor_id) is not str or not actor_id:
         raise InvalidEventError(f"actor_id must be a non-empty str, got {actor_id!r}")
+
+
+def _check_identity(actor_id: object, version: object) -> None:
+    check_actor_id(actor_id)
     if type(version) is not int:
         raise InvalidEventError(f"version must be an int, got {type(version).__name__}")
-    if not _INT64_MIN <= version <= _INT64_MAX:
+    if not _json.INT64_MIN <= version <= _json.INT64_MAX:
         raise InvalidEventError(f"version {version} is outside the 64-bit range")
 
 

@@ -11,8 +11,9 @@ from aether.event import Event
 class ReplayError:
     """A stored message that could not be decoded as an event.
 
-    ``sequence_number`` is its JetStream stream sequence (its position in the in-memory
-    store), ``raw_data`` its bytes, ``error`` why decoding failed.
+    ``sequence_number`` is its JetStream stream sequence (for the in-memory store, its
+    position in the actor's history), ``raw_data`` its bytes, ``error`` why decoding
+    failed.
     """
 
     sequence_number: int

@@ -59,7 +59,7 @@ _RETRYABLE = (
     nats.errors.StaleConnectionError,
     nats.errors.OutboundBufferLimitError,
 )
-_NS_PER_SECOND = 1_000_000_000
+NS_PER_SECOND = 1_000_000_000
 T = TypeVar("T")
 
 
@@ -200,7 +200,7 @@ class JsApi:
             "mem_storage": True,
             "num_replicas": 1,
             # The server removes it if we vanish; a normal replay deletes it at the end.
-            "inactive_threshold": 300 * _NS_PER_SECOND,
+            "inactive_threshold": 300 * NS_PER_SECOND,
         }
         if start_seq > 1:
             config.update(deliver_policy="by_start_sequence", opt_start_seq=start_seq)

@@ -6,19 +6,14 @@ import itertools
 from collections.abc import Sequence
 
 from aether.errors import InvalidEventError, VersionConflictError
-from aether.event import Event
+from aether.event import Event, check_actor_id
 
 
-def check_actor_id(actor_id: object) -> str:
-    if type(actor_id) is not str or not actor_id:
-        raise InvalidEventError(f"actor_id must be a non-empty str, got {actor_id!r}")
-    return actor_id
-
-
-def check_from_version(from_version: object) -> int:
+def check_read(actor_id: object, from_version: object = 0) -> None:
+    """Validate the arguments of a read (replay or latest version)."""
+    check_actor_id(actor_id)
     if type(from_version) is not int:
         raise InvalidEventError(f"from_version must be an int, got {type(from_version).__name__}")
-    return from_version
 
 
 def check_append(event: Event, latest: int) -> None:
@@ -57,6 +52,7 @@ def check_batch_versions(events: Sequence[Event], latest: int, expected: int | N
 
 
 def check_expected_version(expected: object) -> int | None:
+    """Validate ``save_events``' expected_version."""
     if expected is not None and (type(expected) is not int or expected < 0):
         raise InvalidEventError(f"expected_version must be a non-negative int, got {expected!r}")
     return expected

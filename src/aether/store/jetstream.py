@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from typing import Any, Literal
@@ -33,12 +33,13 @@ from aether.errors import (
     UnsupportedServerError,
     VersionConflictError,
 )
-from aether.event import ActorSnapshot, Event
+from aether.event import ActorSnapshot, Event, check_actor_id
 from aether.replay import ReplayError, ReplayResult
 from aether.store import _rules
 from aether.store._cache import EMPTY, CacheEntry, KeyedLocks, VersionCache
 from aether.store._jsapi import (
     BATCH_DUPLICATE_MSG_ID,
+    NS_PER_SECOND,
     STREAM_NAME_IN_USE,
     STREAM_NOT_FOUND,
     WRONG_LAST_SEQUENCE,
@@ -50,11 +51,9 @@ from aether.store._jsapi import (
 )
 from aether.store._subjects import encode_actor_id, real_stream_name
 
-_NS_PER_SECOND = 1_000_000_000
 # Bytes of headers an append adds besides the event id (batch headers included).
 _HEADER_ALLOWANCE = 256
-# A clustered leader refuses a write while another to the same subject is in flight;
-# give that write a moment to commit before reading the tail again.
+# How long to let an in-flight write to the same subject commit (clustered streams).
 _IN_FLIGHT_PAUSE = 0.005
 # nats-server's limit on messages per atomic batch.
 MAX_BATCH_SIZE = 1000
@@ -104,7 +103,8 @@ class StoreStats:
     stale_cache_repairs: int = 0
     #: VersionConflictErrors raised to callers
     conflicts: int = 0
-    #: requests re-sent after an unknown outcome (timeout, no responders, reconnect)
+    #: requests re-sent (timeouts, no responders, reconnects, "not now" answers) and
+    #: replays resumed after a stalled consumer
     retries: int = 0
 
 
@@ -155,8 +155,8 @@ class JetStreamEventStore:
             {
                 "name": real_name,
                 "subjects": [f"{real_name}.events.>"],
-                "max_age": int(config.stream_retention.total_seconds() * _NS_PER_SECOND),
-                "duplicate_window": 120 * _NS_PER_SECOND,
+                "max_age": int(config.stream_retention.total_seconds() * NS_PER_SECOND),
+                "duplicate_window": 120 * NS_PER_SECOND,
                 **({"allow_atomic": True} if atomic else {}),
                 **common,
             },
@@ -185,6 +185,11 @@ class JetStreamEventStore:
     def stats(self) -> StoreStats:
         """A copy of the store's counters."""
         return replace(self._stats, retries=self._api.retries)
+
+    def subject_for(self, actor_id: str) -> str:
+        """The JetStream subject holding *actor_id*'s events (for tools and debugging)."""
+        check_actor_id(actor_id)
+        return self._event_prefix + encode_actor_id(actor_id)
 
     def cached_version(self, actor_id: str) -> int | None:
         """What the version cache holds for *actor_id* (None if nothing). Never authoritative."""
@@ -234,7 +239,7 @@ class JetStreamEventStore:
         payloads: list[bytes],
         expected_version: int | None,
     ) -> None:
-        subject = self._event_prefix + encode_actor_id(actor_id)
+        subject = self.subject_for(actor_id)
         await self._locks.acquire(actor_id)
         try:
             entry = self._cache.get(actor_id)
@@ -298,8 +303,7 @@ class JetStreamEventStore:
                 # Someone wrote since our cache entry (or our own timed-out attempt landed):
                 # repair the entry from the server and decide again.
                 self._stats.stale_cache_repairs += 1
-                if code == WRONG_LAST_SEQUENCE_IN_FLIGHT:
-                    await asyncio.sleep(_IN_FLIGHT_PAUSE)
+                await _pause_if_in_flight(code)
                 entry, fresh = await self._read_tail(actor_id, subject), True
                 continue
             if code == BATCH_DUPLICATE_MSG_ID:
@@ -365,13 +369,10 @@ class JetStreamEventStore:
 
     async def _find_landed(self, subject: str, event: Event, after_seq: int) -> bool:
         """Whether *event* is stored after *after_seq*: did a timed-out attempt land?"""
-        messages = self._api.iter_subject(
-            self._stream, subject, start_seq=after_seq + 1, batch=self._config.replay_batch_size
-        )
-        async with contextlib.aclosing(messages):
-            async for msg in messages:
-                decoded = _decode(msg, event.actor_id)
-                if isinstance(decoded, Event) and decoded.id == event.id:
+        items = self._decoded(event.actor_id, subject, after_seq + 1)
+        async with contextlib.aclosing(items):
+            async for item in items:
+                if isinstance(item, Event) and item.id == event.id:
                     return True
         return False
 
@@ -384,13 +385,14 @@ class JetStreamEventStore:
     # -- reads ----------------------------------------------------------------------------
 
     async def get_latest_version(self, actor_id: str) -> int:
-        """The actor's latest version, read from the stream leader (one request).
+        """The actor's latest version, read from the stream leader in one request.
 
         Reflects every write acknowledged before the call, and refreshes the cache under
-        the actor's lock, so a slower read never overwrites a newer entry.
+        the actor's lock, so a slower read never overwrites a newer entry. (Only if the
+        newest message on the subject is malformed, a foreign writer's, does it scan the
+        subject for the newest valid version.)
         """
-        _rules.check_actor_id(actor_id)
-        subject = self._event_prefix + encode_actor_id(actor_id)
+        subject = self.subject_for(actor_id)
         await self._locks.acquire(actor_id)
         try:
             entry = await self._read_tail(actor_id, subject)
@@ -409,48 +411,50 @@ class JetStreamEventStore:
         # The newest message is malformed (a foreign writer): find the newest valid version
         # with a scan. Rare, and the actor stays writable: appends follow ``last.seq``.
         version = 0
-        messages = self._api.iter_subject(
-            self._stream, subject, batch=self._config.replay_batch_size
-        )
-        async with contextlib.aclosing(messages):
-            async for msg in messages:
-                decoded = _decode(msg, actor_id)
-                if isinstance(decoded, Event):
-                    version = max(version, decoded.version)
+        items = self._decoded(actor_id, subject)
+        async with contextlib.aclosing(items):
+            async for item in items:
+                if isinstance(item, Event):
+                    version = max(version, item.version)
         return CacheEntry(version, last.seq, None)
 
     async def iter_events(self, actor_id: str, from_version: int = 0) -> AsyncIterator[Event]:
         """The actor's events with ``version >= from_version``, streamed in batches.
 
         Memory stays bounded by two batches whatever the history length; malformed
-        messages are skipped.
+        messages are skipped. Leaving the loop early releases the server-side consumer
+        once the iterator is closed (``contextlib.aclosing``, or garbage collection).
         """
-        async for item in self._replay(actor_id, from_version):
-            if isinstance(item, Event):
-                yield item
+        _rules.check_read(actor_id, from_version)
+        items = self._decoded(actor_id, self.subject_for(actor_id))
+        async with contextlib.aclosing(items):
+            async for item in items:
+                if isinstance(item, Event) and item.version >= from_version:
+                    yield item
 
     async def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
         return [event async for event in self.iter_events(actor_id, from_version)]
 
     async def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+        _rules.check_read(actor_id, from_version)
         result = ReplayResult()
-        async for item in self._replay(actor_id, from_version):
-            if isinstance(item, Event):
-                result.events.append(item)
-            else:
+        async for item in self._decoded(actor_id, self.subject_for(actor_id)):
+            if isinstance(item, ReplayError):
                 result.errors.append(item)
+            elif item.version >= from_version:
+                result.events.append(item)
         return result
 
-    async def _replay(self, actor_id: str, from_version: int) -> AsyncIterator[Event | ReplayError]:
-        _rules.check_actor_id(actor_id)
-        _rules.check_from_version(from_version)
-        subject = self._event_prefix + encode_actor_id(actor_id)
-        async for msg in self._api.iter_subject(
-            self._stream, subject, batch=self._config.replay_batch_size
-        ):
-            item = _decode(msg, actor_id)
-            if not isinstance(item, Event) or item.version >= from_version:
-                yield item
+    async def _decoded(
+        self, actor_id: str, subject: str, start_seq: int = 1
+    ) -> AsyncGenerator[Event | ReplayError, None]:
+        """Every message on the actor's subject from *start_seq*, decoded."""
+        messages = self._api.iter_subject(
+            self._stream, subject, start_seq=start_seq, batch=self._config.replay_batch_size
+        )
+        async with contextlib.aclosing(messages):
+            async for msg in messages:
+                yield _decode(msg, actor_id)
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -478,15 +482,21 @@ class JetStreamEventStore:
             if code not in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
                 raise_for_error(answer)
             # Another writer stored a snapshot meanwhile: compare against it.
-            if code == WRONG_LAST_SEQUENCE_IN_FLIGHT:
-                await asyncio.sleep(_IN_FLIGHT_PAUSE)
+            await _pause_if_in_flight(code)
 
     async def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         """The newest snapshot, or None (also if the stored one is malformed)."""
-        _rules.check_actor_id(actor_id)
+        check_actor_id(actor_id)
         subject = self._snapshot_prefix + encode_actor_id(actor_id)
         current = await self._api.last_msg(self._snapshot_stream, subject)
         return None if current is None else _decode_snapshot(current)
+
+
+async def _pause_if_in_flight(err_code: int) -> None:
+    # A clustered leader refuses a write while another to the same subject is in flight;
+    # give that write a moment to commit before reading the tail again.
+    if err_code == WRONG_LAST_SEQUENCE_IN_FLIGHT:
+        await asyncio.sleep(_IN_FLIGHT_PAUSE)
 
 
 def _decode(msg: StoredMsg, actor_id: str) -> Event | ReplayError:
