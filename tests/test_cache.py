@@ -67,7 +67,8 @@ async def test_cancelled_waiter_gives_up_its_place() -> None:
     with pytest.raises(asyncio.CancelledError):
         await cancelled
     locks.release("k")
-    await patient  # the lock skipped the cancelled waiter
+    await asyncio.sleep(0)
+    assert patient.done()  # the lock skipped the cancelled waiter
     locks.release("k")
     assert len(locks) == 0
 
@@ -82,6 +83,7 @@ async def test_waiter_cancelled_after_handover_passes_the_lock_on() -> None:
     first.cancel()  # ... which is cancelled before it runs again
     with pytest.raises(asyncio.CancelledError):
         await first
-    await second  # the lock was passed on, not lost
+    await asyncio.sleep(0)
+    assert second.done()  # the lock was passed on, not lost
     locks.release("k")
     assert len(locks) == 0

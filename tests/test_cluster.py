@@ -16,8 +16,8 @@ from aether import Event, VersionConflictError
 from aether.store import JetStreamConfig
 from aether.testing import NatsCluster
 
-from ._faults import lose_acks
-from .conftest import StoreFactory, store_factory
+from ._faults import AckDropper
+from ._stores import StoreFactory, store_factory
 
 pytestmark = pytest.mark.cluster
 
@@ -34,24 +34,28 @@ def ev(actor: str, version: int) -> Event:
 
 async def test_lost_acks_on_a_replicated_stream(open_r3_store: StoreFactory) -> None:
     store = await open_r3_store()
+    dropper = AckDropper(store)
     saved = []
     for version in range(1, 21):
-        lose_acks(store, times=version % 2, after_landing=None)
+        dropper.drop_next(version % 2)
         event = ev("acc", version)
         await store.save_event(event)  # never a JetStreamError for an event that landed
         saved.append(event.id)
+    assert dropper.dropped == 10
     assert [e.id for e in await store.get_events("acc")] == saved
     assert store.stats.conflicts == 0
 
 
 async def test_lost_ack_of_a_batch_on_a_replicated_stream(open_r3_store: StoreFactory) -> None:
     store = await open_r3_store()
+    dropper = AckDropper(store)
     stored = []
     for start in range(1, 16, 3):
-        lose_acks(store, times=1, after_landing=None)
+        dropper.drop_next(1)
         batch = [ev("acc", v) for v in range(start, start + 3)]
         await store.save_events(batch)
         stored += [e.id for e in batch]
+    assert dropper.dropped == 5
     assert [e.id for e in await store.get_events("acc")] == stored
 
 

@@ -2,18 +2,17 @@
 
 The broker is real; only the client's *reply* is dropped, after the request really
 reached the server, which is what a cut connection or a timeout looks like to a writer.
-(The fault suite with a TCP proxy and cluster failover builds on this.)
 """
 
 from __future__ import annotations
 
 import pytest
 
-from aether import Event
+from aether import Event, VersionConflictError
 from aether.store import JetStreamEventStore
 
-from ._faults import lose_acks
-from .conftest import StoreFactory
+from ._faults import AckDropper
+from ._stores import StoreFactory
 
 
 def ev(actor: str, version: int) -> Event:
@@ -22,10 +21,11 @@ def ev(actor: str, version: int) -> Event:
 
 async def test_lost_ack_is_retried_and_stored_once(js_store: JetStreamEventStore) -> None:
     await js_store.save_event(ev("acc", 1))
-    lost = lose_acks(js_store, times=2, after_landing=None)
+    dropper = AckDropper(js_store)
+    dropper.drop_next(2)
     event = ev("acc", 2)
     await js_store.save_event(event)  # returns normally
-    assert len(lost) == 2
+    assert dropper.dropped == 2
     stats = js_store.stats
     assert stats.retries == 2 and stats.conflicts == 0
     assert [e.id for e in await js_store.get_events("acc")][1:] == [event.id]
@@ -43,9 +43,11 @@ async def test_lost_ack_then_another_writer_is_still_ours(open_store: StoreFacto
     async def other_writes() -> None:
         await other.save_event(ev("acc", 3))
 
-    lose_acks(mine, times=1, after_landing=other_writes)
+    dropper = AckDropper(mine, after_landing=other_writes)
+    dropper.drop_next(1)
     event = ev("acc", 2)
     await mine.save_event(event)  # not a conflict with itself
+    assert dropper.dropped == 1
     assert mine.stats.conflicts == 0
     stored = await other.get_events("acc")
     assert [e.version for e in stored] == [1, 2, 3]
@@ -58,18 +60,22 @@ async def test_lost_ack_of_a_real_conflict_still_conflicts(open_store: StoreFact
     other = await open_store()
     await mine.save_event(ev("acc", 1))
     await other.save_event(ev("acc", 2))  # mine's cache is stale: its attempt is refused
-    lose_acks(mine, times=1, after_landing=None)
-    with pytest.raises(Exception, match="version conflict") as info:
+    dropper = AckDropper(mine)
+    dropper.drop_next(1)
+    with pytest.raises(VersionConflictError) as info:
         await mine.save_event(ev("acc", 2))
-    assert info.value.current_version == 2  # type: ignore[attr-defined]
+    assert dropper.dropped == 1
+    assert info.value.current_version == 2
     assert [e.version for e in await other.get_events("acc")] == [1, 2]
 
 
 async def test_lost_ack_of_an_atomic_batch(js_store: JetStreamEventStore) -> None:
     await js_store.save_event(ev("acc", 1))
-    lose_acks(js_store, times=1, after_landing=None)
+    dropper = AckDropper(js_store)
+    dropper.drop_next(1)
     batch = [ev("acc", 2), ev("acc", 3), ev("acc", 4)]
     await js_store.save_events(batch)
+    assert dropper.dropped == 1
     stored = await js_store.get_events("acc")
     assert [e.id for e in stored][1:] == [e.id for e in batch]
     assert js_store.stats.conflicts == 0

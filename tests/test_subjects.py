@@ -23,16 +23,10 @@ ids = st.text(min_size=1, max_size=60) | st.sampled_from(["a.b", "*", ">", "a b"
 @settings(max_examples=3000)
 @given(ids)
 def test_encoding_is_reversible_and_subject_safe(actor_id: str) -> None:
+    # Reversible implies injective: no two ids share a subject.
     token = encode_actor_id(actor_id)
     assert TOKEN.fullmatch(token)
     assert decode_actor_token(token) == actor_id
-
-
-@settings(max_examples=1000)
-@given(ids, ids)
-def test_encoding_is_injective(a: str, b: str) -> None:
-    if a != b:
-        assert encode_actor_id(a) != encode_actor_id(b)
 
 
 def test_readable_ids_stay_readable() -> None:
