@@ -114,11 +114,6 @@ def make_event(actor_id: str, version: int) -> Event:
     )
 
 
-def subject_of(store: JetStreamEventStore, actor_id: str) -> str:
-    """The store's subject for a plain ``[A-Za-z0-9-]`` actor id (its token is the id)."""
-    return f"{store.stream_name}.events.{actor_id}"
-
-
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
@@ -165,7 +160,7 @@ class AppendPair:
         self.store = store
         self.js = js
         self.store_actor, self.raw_actor = "append-s", "append-r"
-        self.raw_subject = subject_of(store, self.raw_actor)
+        self.raw_subject = store.subject_for(self.raw_actor)
         self.store_version = self.raw_version = self.raw_seq = 0
 
     async def warm(self) -> None:
@@ -407,7 +402,7 @@ async def bench_replay(
     deleting its consumer. aether decodes full ``Event`` objects (validated, timestamps
     parsed), the naive loop only dicts, so the comparison does not favour aether.
     """
-    subject = subject_of(store, big)
+    subject = store.subject_for(big)
     n = p.events
 
     async def aether_get_events() -> float:
