@@ -122,14 +122,12 @@ async def connect(
         )
     finally:
         failing.cancel()
-    if connecting.done() and not connecting.cancelled():
-        error = connecting.exception()
-        if error is None:
-            return nc
-        failures.append(error)  # e.g. a malformed URL, raised before any attempt
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        return nc
     connecting.cancel()
     await asyncio.wait([connecting])  # unlike ``await connecting``, keeps our own cancellation
     if not connecting.cancelled() and connecting.exception() is not None:
+        # e.g. a malformed URL, raised before any attempt
         failures.append(connecting.exception())  # type: ignore[arg-type]
     with contextlib.suppress(Exception):
         await nc.close()
