@@ -373,6 +373,18 @@ async def test_stream_settings_follow_the_config(open_store: StoreFactory, nc: C
     assert info.config.subjects == [f"{store.stream_name}.events.>"]
 
 
+async def test_streams_carry_aether_metadata(open_store: StoreFactory, nc: Client) -> None:
+    name = unique("meta")
+    store = await open_store(name, JetStreamConfig(namespace="tenant a.b"))
+    assert store.stream_name == f"tenant_a_b_{name}"
+    js = nc.jetstream()
+    events = (await js.stream_info(store.stream_name)).config.metadata
+    snapshots = (await js.stream_info(f"{store.stream_name}_snapshots")).config.metadata
+    expected = {"aether.namespace": "tenant_a_b", "aether.stream": name}
+    assert events == {**events, **expected, "aether.kind": "events"}
+    assert snapshots == {**snapshots, **expected, "aether.kind": "snapshots"}
+
+
 async def test_closed_connection_raises_store_unavailable(js_store: JetStreamEventStore) -> None:
     await js_store.save_event(ev("acc", 1))
     await js_store._nc.close()

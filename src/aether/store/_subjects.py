@@ -44,6 +44,22 @@ def decode_actor_token(token: str) -> str:
     return raw.encode("latin-1").decode("utf-8", "surrogatepass")
 
 
+# Stream metadata aether writes on the streams it creates, so tools (``aether streams``)
+# can tell aether's streams from others and show the namespace without guessing from names.
+META_KIND = "aether.kind"  # "events" or "snapshots"
+META_NAMESPACE = "aether.namespace"  # the sanitised namespace, "" for none
+META_STREAM = "aether.stream"  # the stream name the caller gave, without namespace
+
+
+def stream_metadata(kind: str, namespace: str, stream_name: str) -> dict[str, str]:
+    """The metadata of an aether stream (see :data:`META_KIND`)."""
+    return {
+        META_KIND: kind,
+        META_NAMESPACE: _NAMESPACE_UNSAFE.sub("_", namespace),
+        META_STREAM: stream_name,
+    }
+
+
 def real_stream_name(namespace: str, stream_name: str) -> str:
     """``<namespace>_<stream_name>`` with the namespace sanitised, or *stream_name* alone.
 

@@ -49,7 +49,7 @@ from aether.store._jsapi import (
     decode_answer,
     raise_for_error,
 )
-from aether.store._subjects import encode_actor_id, real_stream_name
+from aether.store._subjects import encode_actor_id, real_stream_name, stream_metadata
 
 # Bytes of headers an append adds besides the event id (batch headers included).
 _HEADER_ALLOWANCE = 256
@@ -158,6 +158,7 @@ class JetStreamEventStore:
                 "max_age": int(config.stream_retention.total_seconds() * NS_PER_SECOND),
                 "duplicate_window": 120 * NS_PER_SECOND,
                 **({"allow_atomic": True} if atomic else {}),
+                "metadata": stream_metadata("events", config.namespace, stream_name),
                 **common,
             },
         )
@@ -167,6 +168,7 @@ class JetStreamEventStore:
                 "name": f"{real_name}_snapshots",
                 "subjects": [f"{real_name}.snapshots.>"],
                 "max_msgs_per_subject": 1,
+                "metadata": stream_metadata("snapshots", config.namespace, stream_name),
                 **common,
             },
         )
