@@ -152,7 +152,13 @@ class JsApi:
         return await self.get_msg(stream, {"last_by_subj": subject})
 
     async def iter_subject(
-        self, stream: str, subject: str, *, start_seq: int = 1, batch: int = 500
+        self,
+        stream: str,
+        subject: str,
+        *,
+        start_seq: int = 1,
+        batch: int = 500,
+        replicated: bool = False,
     ) -> AsyncGenerator[StoredMsg, None]:
         """Every message on *subject* from *start_seq* on (at least those stored when the
         call began).
@@ -162,33 +168,57 @@ class JsApi:
         decode, and at most two batches are buffered (bounded memory). If the consumer
         stalls or vanishes (leader change, a reader idle past the consumer's inactivity
         limit), a new one resumes after the last delivered message, within the deadline.
+
+        On a *replicated* stream the consumer may be hosted by a follower that has not yet
+        applied the newest acknowledged messages. The subject's last sequence is therefore
+        also asked of the stream leader (concurrently with creating the consumer, so no
+        extra round trip), and any message up to it that the consumer did not deliver is
+        fetched from the leader: a replay reflects every write acknowledged before it began.
         """
         loop = asyncio.get_running_loop()
         deadline: float | None = None  # from the first stall without progress since
         next_seq = start_seq
-        while True:
-            consumer = await self._create_consumer(stream, subject, next_seq)
-            if consumer is None:
-                return
-            name, pending = consumer
-            resumed_at = next_seq
-            try:
-                async for msg in self._drain(stream, name, pending, batch):
-                    next_seq = msg.seq + 1
-                    yield msg
-                return
-            except _StalledError as exc:
-                now = loop.time()
-                if deadline is None or next_seq != resumed_at:  # progress since: new deadline
-                    deadline = now + self.retry_deadline
-                elif now >= deadline:
-                    raise StoreUnavailableError(
-                        f"replay of {subject!r} stalled at sequence {next_seq}"
-                    ) from exc
-                self.retries += 1
-                await _backoff(0.05)
-            finally:
-                await self._delete_consumer(stream, name)
+        leader_last: asyncio.Task[StoredMsg | None] | None = None
+        if replicated:
+            leader_last = asyncio.ensure_future(self.last_msg(stream, subject))
+            # Retrieve its outcome even if the caller stops early (no "never retrieved").
+            leader_last.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            while True:
+                consumer = await self._create_consumer(stream, subject, next_seq)
+                if consumer is None:
+                    break
+                name, pending = consumer
+                resumed_at = next_seq
+                try:
+                    async for msg in self._drain(stream, name, pending, batch):
+                        next_seq = msg.seq + 1
+                        yield msg
+                    break
+                except _StalledError as exc:
+                    now = loop.time()
+                    if deadline is None or next_seq != resumed_at:  # progress: new deadline
+                        deadline = now + self.retry_deadline
+                    elif now >= deadline:
+                        raise StoreUnavailableError(
+                            f"replay of {subject!r} stalled at sequence {next_seq}"
+                        ) from exc
+                    self.retries += 1
+                    await _backoff(0.05)
+                finally:
+                    await self._delete_consumer(stream, name)
+            if leader_last is not None:
+                last = await leader_last
+                while last is not None and next_seq <= last.seq:
+                    # Usually nothing: only what a lagging host had not applied yet.
+                    fetched = await self.get_msg(stream, {"seq": next_seq, "next_by_subj": subject})
+                    if fetched is None or fetched.seq > last.seq:
+                        break
+                    next_seq = fetched.seq + 1
+                    yield fetched
+        finally:
+            if leader_last is not None and not leader_last.done():
+                leader_last.cancel()
 
     async def _create_consumer(
         self, stream: str, subject: str, start_seq: int

@@ -112,7 +112,13 @@ class JetStreamEventStore:
     """A :class:`~aether.store.SnapshotStore` on NATS JetStream. Create it with :meth:`open`."""
 
     def __init__(
-        self, nc: Client, api: JsApi, stream_name: str, config: JetStreamConfig, atomic: bool
+        self,
+        nc: Client,
+        api: JsApi,
+        stream_name: str,
+        config: JetStreamConfig,
+        atomic: bool,
+        replicated: bool = False,
     ) -> None:
         self._nc = nc
         self._api = api
@@ -122,6 +128,7 @@ class JetStreamEventStore:
         self._event_prefix = f"{stream_name}.events."
         self._snapshot_prefix = f"{stream_name}.snapshots."
         self._atomic = atomic
+        self._replicated = replicated  # the stream as it is, not as the config asked
         self._cache = VersionCache(config.version_cache_size)
         self._locks = KeyedLocks()
         self._stats = StoreStats()
@@ -150,7 +157,7 @@ class JetStreamEventStore:
             "storage": config.storage,
             "num_replicas": config.replica_count,
         }
-        await _ensure_stream(
+        events = await _ensure_stream(
             api,
             {
                 "name": real_name,
@@ -172,7 +179,8 @@ class JetStreamEventStore:
                 **common,
             },
         )
-        return cls(nc, api, real_name, config, atomic)
+        replicated = events.get("num_replicas", 1) > 1
+        return cls(nc, api, real_name, config, atomic, replicated)
 
     @property
     def stream_name(self) -> str:
@@ -452,7 +460,11 @@ class JetStreamEventStore:
     ) -> AsyncGenerator[Event | ReplayError, None]:
         """Every message on the actor's subject from *start_seq*, decoded."""
         messages = self._api.iter_subject(
-            self._stream, subject, start_seq=start_seq, batch=self._config.replay_batch_size
+            self._stream,
+            subject,
+            start_seq=start_seq,
+            batch=self._config.replay_batch_size,
+            replicated=self._replicated,
         )
         async with contextlib.aclosing(messages):
             async for msg in messages:
@@ -522,19 +534,22 @@ def _decode_snapshot(msg: StoredMsg) -> ActorSnapshot | None:
         return None
 
 
-async def _ensure_stream(api: JsApi, config: dict[str, Any]) -> None:
-    """Create the stream, or check that the existing one is usable by aether."""
+async def _ensure_stream(api: JsApi, config: dict[str, Any]) -> dict[str, Any]:
+    """Create the stream, or check that the existing one is usable by aether.
+
+    Returns the stream's configuration as the server holds it.
+    """
     name = config["name"]
     try:
-        await api.call(f"STREAM.CREATE.{name}", config)
-        return
+        created: dict[str, Any] = (await api.call(f"STREAM.CREATE.{name}", config))["config"]
+        return created
     except JetStreamError as exc:
         if exc.err_code != STREAM_NAME_IN_USE:
             raise
     # It exists with another configuration (other retention, replicas, …): keep the
     # operator's settings, but the subjects must be ours and atomic batches allowed.
     try:
-        existing = (await api.call(f"STREAM.INFO.{name}"))["config"]
+        existing: dict[str, Any] = (await api.call(f"STREAM.INFO.{name}"))["config"]
     except JetStreamError as exc:
         if exc.err_code == STREAM_NOT_FOUND:  # deleted between our two calls
             return await _ensure_stream(api, config)
@@ -545,4 +560,4 @@ async def _ensure_stream(api: JsApi, config: dict[str, Any]) -> None:
         )
     if config.get("allow_atomic") and not existing.get("allow_atomic"):
         await api.call(f"STREAM.UPDATE.{name}", {**existing, "allow_atomic": True})
-    return None
+    return existing
