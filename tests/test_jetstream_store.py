@@ -117,6 +117,38 @@ async def test_replay_is_batched(open_store: StoreFactory) -> None:
     assert sent(store) - before <= 20
 
 
+async def test_replay_from_a_version_reads_only_the_tail(open_store: StoreFactory) -> None:
+    store = await open_store()
+    # Two actors interleaved on one stream, versions with gaps (2, 4, 6, ...).
+    for start in range(0, 600, 100):
+        await store.save_events([ev("a", 2 * v) for v in range(start + 1, start + 101)])
+        await store.save_events([ev("b", v) for v in range(start + 1, start + 101)])
+    received = store._nc.stats["in_msgs"]
+    tail = await store.get_events("a", 1191)
+    assert [e.version for e in tail] == [1192, 1194, 1196, 1198, 1200]
+    # about log2(1200) probes plus the tail, never the 600-event history
+    assert store._nc.stats["in_msgs"] - received < 30
+    for from_version, expected in [(0, 2), (1, 2), (2, 2), (3, 4), (1199, 1200), (1200, 1200)]:
+        assert (await store.get_events("a", from_version))[0].version == expected
+    assert await store.get_events("a", 1201) == []
+    assert await store.get_events("nobody", 5) == []
+    result = await store.get_events_with_errors("b", 598)
+    assert [e.version for e in result.events] == [598, 599, 600]
+
+
+async def test_replay_from_a_version_past_a_malformed_message_reads_everything(
+    js_store: JetStreamEventStore, nc: Client
+) -> None:
+    """Where the order cannot be trusted, the seek gives up and the result is the same."""
+    await js_store.save_events([ev("a", v) for v in range(1, 51)])
+    await nc.jetstream().publish(js_store.subject_for("a"), b"{not json")
+    await js_store.save_events([ev("a", v) for v in range(51, 101)])
+    assert [e.version for e in await js_store.get_events("a", 40)] == list(range(40, 101))
+    result = await js_store.get_events_with_errors("a", 40)
+    assert len(result.errors) == 1
+    assert [e.version for e in result.events] == list(range(40, 101))
+
+
 async def test_iter_events_can_stop_early_and_releases_its_consumer(
     open_store: StoreFactory, nc: Client
 ) -> None:
