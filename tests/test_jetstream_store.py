@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import nats
 import pytest
@@ -527,3 +529,29 @@ async def test_replay_resumes_after_an_idle_longer_than_the_deadline(
                 await jsm.delete_consumer(store.stream_name, consumer.name)
     assert seen == list(range(1, 31))
     assert store.stats.retries >= 1  # it did resume
+
+
+async def test_open_retries_a_transient_stream_create_failure(nc: Client) -> None:
+    """nats-server 2.15 may fail a stream create that races the deletion of the account's
+    last stream (500, err 10049, seen in this suite). The first create here gets that
+    answer (injected); open() retries and the stream is created on the real server."""
+    failures = 0
+    real_request = nc.request
+
+    async def request(subject: str, payload: bytes = b"", **kwargs: Any) -> Any:
+        nonlocal failures
+        if subject.startswith("$JS.API.STREAM.CREATE.") and failures < 2:
+            failures += 1
+            return SimpleNamespace(
+                data=b'{"error":{"code":500,"err_code":10049,'
+                b'"description":"error creating store for stream"}}'
+            )
+        return await real_request(subject, payload, **kwargs)
+
+    nc.request = request  # type: ignore[method-assign]
+    store = await JetStreamEventStore.open(nc, unique("retry"))
+    assert failures == 2
+    await store.save_event(ev("acc", 1))
+    assert await store.get_latest_version("acc") == 1
+    await nc.jetstream().delete_stream(store.stream_name)
+    await nc.jetstream().delete_stream(f"{store.stream_name}_snapshots")

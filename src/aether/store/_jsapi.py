@@ -30,6 +30,7 @@ API = "$JS.API"
 NO_MESSAGE_FOUND = 10037
 DUPLICATE_IN_PROCESS = 10158
 WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164  # clustered: another write to the subject is in flight
+STREAM_CREATE_FAILED = 10049  # e.g. a race with the deletion of the account's last stream
 STREAM_NAME_IN_USE = 10058
 STREAM_NOT_FOUND = 10059
 WRONG_LAST_SEQUENCE = 10071

@@ -40,6 +40,7 @@ from aether.store._cache import EMPTY, CacheEntry, KeyedLocks, VersionCache
 from aether.store._jsapi import (
     BATCH_DUPLICATE_MSG_ID,
     NS_PER_SECOND,
+    STREAM_CREATE_FAILED,
     STREAM_NAME_IN_USE,
     STREAM_NOT_FOUND,
     WRONG_LAST_SEQUENCE,
@@ -569,18 +570,27 @@ def _decode_snapshot(msg: StoredMsg) -> ActorSnapshot | None:
         return None
 
 
+_CREATE_ATTEMPTS = 6
+
+
 async def _ensure_stream(api: JsApi, config: dict[str, Any]) -> dict[str, Any]:
     """Create the stream, or check that the existing one is usable by aether.
 
     Returns the stream's configuration as the server holds it.
     """
     name = config["name"]
-    try:
-        created: dict[str, Any] = (await api.call(f"STREAM.CREATE.{name}", config))["config"]
-        return created
-    except JetStreamError as exc:
-        if exc.err_code != STREAM_NAME_IN_USE:
-            raise
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            created: dict[str, Any] = (await api.call(f"STREAM.CREATE.{name}", config))["config"]
+            return created
+        except JetStreamError as exc:
+            if exc.err_code == STREAM_NAME_IN_USE:
+                break
+            # nats-server (2.15) may fail a create that races with the deletion of the
+            # account's last stream ("error creating store for stream"); it is transient.
+            if exc.err_code != STREAM_CREATE_FAILED or attempt == _CREATE_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.01 * 2**attempt)
     # It exists with another configuration (other retention, replicas, …): keep the
     # operator's settings, but the subjects must be ours and atomic batches allowed.
     try:
