@@ -20,10 +20,15 @@ from typing import Any
 from aether import _json
 from aether.errors import InvalidEventError
 
+#: Metadata key of the id shared by every event of one flow (``Event.correlation_id``).
 CORRELATION_ID = "correlationId"
+#: Metadata key of the id of the event or command that caused this one.
 CAUSATION_ID = "causationId"
+#: Metadata key of the user on whose behalf the event happened.
 USER_ID = "userId"
+#: Metadata key of the distributed-tracing trace id.
 TRACE_ID = "traceId"
+#: Metadata key of the distributed-tracing span id.
 SPAN_ID = "spanId"
 
 #: Longest accepted event id (it travels in the Nats-Msg-Id header).
@@ -57,6 +62,7 @@ class Event:
 
     ``id`` is also the JetStream ``Nats-Msg-Id``: saving the same event object twice
     stores it once. ``version`` must be strictly greater than the actor's latest version.
+    Defaults: ``data`` empty, ``id`` a new uuid4 string, ``timestamp`` now (UTC).
     """
 
     event_type: str

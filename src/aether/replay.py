@@ -33,4 +33,5 @@ class ReplayResult:
 
     @property
     def has_errors(self) -> bool:
+        """True if any stored message could not be decoded."""
         return bool(self.errors)

@@ -190,6 +190,7 @@ class JetStreamEventStore:
 
     @property
     def config(self) -> JetStreamConfig:
+        """The configuration the store was opened with (defaults filled in)."""
         return self._config
 
     @property
@@ -433,7 +434,9 @@ class JetStreamEventStore:
         """The actor's events with ``version >= from_version``, streamed in batches.
 
         Memory stays bounded by two batches whatever the history length; malformed
-        messages are skipped. Leaving the loop early releases the server-side consumer
+        messages are skipped. With ``from_version > 1`` the replay starts at the first
+        message with such a version, found by a binary search over stream sequences
+        (about log2(stream length) reads), so a snapshot's tail costs only the tail. Leaving the loop early releases the server-side consumer
         once the iterator is closed (``contextlib.aclosing``, or garbage collection).
         """
         _rules.check_read(actor_id, from_version)
@@ -446,9 +449,13 @@ class JetStreamEventStore:
                     yield item
 
     async def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
+        """:meth:`iter_events` as a list (the whole history in memory)."""
         return [event async for event in self.iter_events(actor_id, from_version)]
 
     async def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+        """The events with ``version >= from_version`` and a ReplayError per malformed
+        message read. With ``from_version > 1`` the replay may start past older messages
+        (see :meth:`iter_events`), whose errors are then not reported."""
         _rules.check_read(actor_id, from_version)
         result = ReplayResult()
         subject = self.subject_for(actor_id)

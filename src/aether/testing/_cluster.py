@@ -123,6 +123,7 @@ class NatsCluster(StartCloseContext):
 
     @property
     def size(self) -> int:
+        """Number of nodes (running or not)."""
         return len(self.servers)
 
     @property
