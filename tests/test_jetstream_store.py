@@ -18,6 +18,7 @@ from aether import (
     EventTooLargeError,
     InvalidEventError,
     StoreUnavailableError,
+    StreamNotFoundError,
     UnsupportedServerError,
     VersionConflictError,
 )
@@ -380,6 +381,34 @@ async def test_open_refuses_a_foreign_stream_with_the_same_name(nc: Client) -> N
         assert (await js.stream_info(foreign)).config.subjects == [f"{foreign}.something.else"]
     finally:
         await js.delete_stream(foreign)
+
+
+async def test_attach_uses_an_existing_stream_and_creates_nothing(
+    open_store: StoreFactory, nc: Client
+) -> None:
+    missing = unique("missing")
+    with pytest.raises(StreamNotFoundError) as info:
+        await JetStreamEventStore.attach(nc, missing, JetStreamConfig(namespace="ns"))
+    assert info.value.stream_name == f"ns_{missing}"
+    names = [s.config.name for s in await nc.jetstream().streams_info()]
+    assert not any(missing in name for name in names)
+
+    owner = await open_store(unique("attach"), JetStreamConfig(namespace="ns"))
+    await owner.save_events([ev("acc", 1), ev("acc", 2)])
+    name = owner.stream_name.removeprefix("ns_")
+    attached = await JetStreamEventStore.attach(nc, name, JetStreamConfig(namespace="ns"))
+    assert attached.stream_name == owner.stream_name
+    assert await attached.get_latest_version("acc") == 2
+    await attached.save_events([ev("acc", 3), ev("acc", 4)])  # atomic batches still on
+    assert [e.version for e in await owner.get_events("acc")] == [1, 2, 3, 4]
+
+    foreign = unique("foreign")
+    await nc.jetstream().add_stream(name=foreign, subjects=[f"{foreign}.other"])
+    try:
+        with pytest.raises(AetherError, match="does not hold subjects"):
+            await JetStreamEventStore.attach(nc, foreign)
+    finally:
+        await nc.jetstream().delete_stream(foreign)
 
 
 def test_config_defaults_and_validation() -> None:

@@ -10,6 +10,7 @@ from aether.errors import (
     InvalidEventError,
     JetStreamError,
     StoreUnavailableError,
+    StreamNotFoundError,
     UnsupportedServerError,
     VersionConflictError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "ReplayError",
     "ReplayResult",
     "StoreUnavailableError",
+    "StreamNotFoundError",
     "UnsupportedServerError",
     "VersionConflictError",
 ]

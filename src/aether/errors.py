@@ -65,6 +65,18 @@ class StoreUnavailableError(AetherError):
     """
 
 
+class StreamNotFoundError(AetherError, LookupError):
+    """:meth:`JetStreamEventStore.attach <aether.store.JetStreamEventStore.attach>` found
+    no such stream (``open`` would have created it)."""
+
+    def __init__(self, stream_name: str) -> None:
+        self.stream_name = stream_name
+        super().__init__(f"stream {stream_name!r} not found")
+
+    def __reduce__(self) -> tuple[type[StreamNotFoundError], tuple[str]]:
+        return (type(self), (self.stream_name,))
+
+
 class UnsupportedServerError(AetherError):
     """The connected nats-server lacks a feature the call needs (e.g. atomic batches)."""
 

@@ -30,6 +30,7 @@ from aether.errors import (
     EventTooLargeError,
     InvalidEventError,
     JetStreamError,
+    StreamNotFoundError,
     UnsupportedServerError,
     VersionConflictError,
 )
@@ -145,11 +146,7 @@ class JetStreamEventStore:
         """
         config = config or JetStreamConfig()
         real_name = real_stream_name(config.namespace, stream_name)
-        api = JsApi(
-            nc,
-            request_timeout=config.request_timeout.total_seconds(),
-            retry_deadline=config.retry_deadline.total_seconds(),
-        )
+        api = _api_for(nc, config)
         version = nc.connected_server_version
         atomic = (version.major, version.minor) >= _ATOMIC_SINCE
         common = {
@@ -182,6 +179,32 @@ class JetStreamEventStore:
         )
         replicated = events.get("num_replicas", 1) > 1
         return cls(nc, api, real_name, config, atomic, replicated)
+
+    @classmethod
+    async def attach(
+        cls, nc: Client, stream_name: str = "events", config: JetStreamConfig | None = None
+    ) -> JetStreamEventStore:
+        """A store on an **existing** stream, creating and changing nothing.
+
+        For tools and read-only users (``aether events``, dashboards): a typo in a stream
+        name must not create an empty stream, and an operator's settings are not
+        touched. Only the config's namespace and client-side settings (timeouts, cache
+        size) apply. Raises StreamNotFoundError if the stream does not exist, and
+        AetherError if it does not hold aether's event subjects.
+        """
+        config = config or JetStreamConfig()
+        real_name = real_stream_name(config.namespace, stream_name)
+        api = _api_for(nc, config)
+        try:
+            info = await api.call(f"STREAM.INFO.{real_name}")
+        except JetStreamError as exc:
+            if exc.err_code == STREAM_NOT_FOUND:
+                raise StreamNotFoundError(real_name) from None
+            raise
+        existing: dict[str, Any] = info["config"]
+        _check_subjects(existing, f"{real_name}.events.>")
+        replicated = existing.get("num_replicas", 1) > 1
+        return cls(nc, api, real_name, config, bool(existing.get("allow_atomic")), replicated)
 
     @property
     def stream_name(self) -> str:
@@ -436,8 +459,9 @@ class JetStreamEventStore:
         Memory stays bounded by two batches whatever the history length; malformed
         messages are skipped. With ``from_version > 1`` the replay starts at the first
         message with such a version, found by a binary search over stream sequences
-        (about log2(stream length) reads), so a snapshot's tail costs only the tail. Leaving the loop early releases the server-side consumer
-        once the iterator is closed (``contextlib.aclosing``, or garbage collection).
+        (about log2(stream length) reads), so a snapshot's tail costs only the tail.
+        Leaving the loop early releases the server-side consumer once the iterator is
+        closed (``contextlib.aclosing``, or garbage collection).
         """
         _rules.check_read(actor_id, from_version)
         subject = self.subject_for(actor_id)
@@ -580,6 +604,21 @@ def _decode_snapshot(msg: StoredMsg) -> ActorSnapshot | None:
 _CREATE_ATTEMPTS = 6
 
 
+def _api_for(nc: Client, config: JetStreamConfig) -> JsApi:
+    return JsApi(
+        nc,
+        request_timeout=config.request_timeout.total_seconds(),
+        retry_deadline=config.retry_deadline.total_seconds(),
+    )
+
+
+def _check_subjects(stream_config: dict[str, Any], subjects: str) -> None:
+    if subjects not in stream_config.get("subjects", []):
+        raise AetherError(
+            f"stream {stream_config.get('name')!r} exists but does not hold subjects {subjects!r}"
+        )
+
+
 async def _ensure_stream(api: JsApi, config: dict[str, Any]) -> dict[str, Any]:
     """Create the stream, or check that the existing one is usable by aether.
 
@@ -606,10 +645,7 @@ async def _ensure_stream(api: JsApi, config: dict[str, Any]) -> dict[str, Any]:
         if exc.err_code == STREAM_NOT_FOUND:  # deleted between our two calls
             return await _ensure_stream(api, config)
         raise
-    if config["subjects"][0] not in existing.get("subjects", []):
-        raise AetherError(
-            f"stream {name!r} exists but does not hold subjects {config['subjects'][0]!r}"
-        )
+    _check_subjects(existing, config["subjects"][0])
     if config.get("allow_atomic") and not existing.get("allow_atomic"):
         await api.call(f"STREAM.UPDATE.{name}", {**existing, "allow_atomic": True})
     return existing
