@@ -1,27 +1,67 @@
 """The ``aether`` command line.
 
-``aether demo`` races writer processes on shared accounts and audits the result; more
-subcommands (inspection, bench) plug into the same :data:`cli` group. Commands that talk
-to NATS take ``--url``/``$NATS_URL`` (see :mod:`aether.cli._connect`).
+``aether demo`` races writer processes on shared accounts and audits the result;
+``server`` runs a development nats-server; ``streams``, ``actors``, ``events``,
+``snapshot`` and ``tail`` inspect what is stored; ``append`` stores one event. Commands
+that talk to NATS share the connection options of :mod:`aether.cli._connect`; every error
+a user can cause is one line with an exit code from :mod:`aether.cli._errors`, translated
+in one place (:class:`AetherGroup`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from typing import Any
+
 import click
 
 from aether import __version__
+from aether.cli._errors import EXIT_CODES_HELP, translate_errors
+from aether.cli.actors import actors
+from aether.cli.append import append
 from aether.cli.demo import demo
+from aether.cli.events import events
+from aether.cli.server import server
+from aether.cli.snapshot import snapshot
+from aether.cli.streams import streams
+from aether.cli.tail import tail
 
-__all__ = ["cli", "main"]
+__all__ = ["AetherGroup", "cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class AetherGroup(click.Group):
+    """A click group whose subcommands' aether errors become one-line errors."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            with translate_errors():
+                return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader went away (``aether events --json | head``): stop quietly, and keep
+            # Python from complaining about the unflushed stdout at exit.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(1)
+
+
+@click.group(
+    cls=AetherGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES_HELP,
+)
 @click.version_option(__version__, prog_name="aether")
 def cli() -> None:
-    """aether: event sourcing on NATS JetStream, correct with any number of writers."""
+    """aether: event sourcing on NATS JetStream, correct with any number of writers.
+
+    Start with `aether demo`, or `aether server` and then the other commands (they
+    connect to $NATS_URL, default nats://127.0.0.1:4222).
+    """
 
 
-cli.add_command(demo)
+for _command in (demo, server, streams, actors, events, tail, append, snapshot):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from aether.errors import StoreUnavailableError, VersionConflictError
 from aether.event import Event
 from aether.store import JetStreamConfig, JetStreamEventStore, StoreStats
 
-from ._connect import ServerUnreachableError, connect
+from ._connect import ConnectionSettings, ServerUnreachableError, connect
 
 GO: Final = "go"
 STOP: Final = "stop"
@@ -113,7 +113,7 @@ class WorkerSpec:
     """What one worker process does; ``time_limit`` counts from the GO signal."""
 
     index: int
-    url: str
+    conn: ConnectionSettings
     stream: str
     accounts: tuple[str, ...]
     appends: int
@@ -171,7 +171,7 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> WorkerReport:
     nc: Client | None = None
     try:
         nc = await connect(
-            spec.url, name=f"aether-demo-{spec.index}", connect_timeout=_WORKER_CONNECT_TIMEOUT
+            spec.conn, name=f"aether-demo-{spec.index}", connect_timeout=_WORKER_CONNECT_TIMEOUT
         )
         store = await JetStreamEventStore.open(nc, spec.stream, DEMO_STORE_CONFIG)
         conn.send(Ready())

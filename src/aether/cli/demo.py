@@ -34,7 +34,14 @@ from aether.errors import AetherError
 from aether.store import JetStreamEventStore, StoreStats
 
 from ._audit import AuditResult, check, read_back
-from ._connect import ServerTarget, ServerUnreachableError, connect, embedded_or_url, url_option
+from ._connect import (
+    ConnectionSettings,
+    ServerTarget,
+    ServerUnreachableError,
+    connect,
+    connection_options,
+    embedded_or_url,
+)
 from ._demo_writer import (
     DEMO_STORE_CONFIG,
     GO,
@@ -68,7 +75,9 @@ class DemoOptions:
 
 
 @click.command()
-@url_option("NATS server to use [env NATS_URL; default: start an embedded nats-server].")
+@connection_options(
+    url_help="NATS server to use [env NATS_URL; default: start an embedded nats-server]."
+)
 @click.option(
     "-p",
     "--processes",
@@ -114,7 +123,7 @@ class DemoOptions:
 @click.pass_context
 def demo(
     ctx: click.Context,
-    url: str | None,
+    conn: ConnectionSettings,
     processes: int,
     accounts: int,
     events: int,
@@ -129,7 +138,7 @@ def demo(
     passes, 1 if it fails, 2 if no NATS server is reachable.
     """
     options = DemoOptions(processes, accounts, events, outside_writer, timeout, keep_stream)
-    with _exit_on_termination(), embedded_or_url(url) as target:
+    with _exit_on_termination(), embedded_or_url(conn) as target:
         passed = asyncio.run(run_demo(options, target))
     ctx.exit(0 if passed else 1)
 
@@ -164,7 +173,7 @@ async def run_demo(options: DemoOptions, target: ServerTarget) -> bool:
     """
     stream = f"demo_{secrets.token_hex(4)}"
     accounts = tuple(f"acct-{i}" for i in range(1, options.accounts + 1))
-    nc = await connect(target.url, name="aether-demo-outside")
+    nc = await connect(target.settings, name="aether-demo-outside")
     try:
         try:
             store = await JetStreamEventStore.open(nc, stream, DEMO_STORE_CONFIG)
@@ -181,8 +190,8 @@ async def run_demo(options: DemoOptions, target: ServerTarget) -> bool:
             f" ({'embedded' if target.embedded else '--url'})"
         )
         _echo("each process trusts its own version cache; the server catches every stale one")
-        race = await _race(options, target.url, store, accounts)
-        audit = await _audit(target.url, stream, accounts, race)
+        race = await _race(options, target.settings, store, accounts)
+        audit = await _audit(target.settings, stream, accounts, race)
         if nc.is_connected and not target.embedded and not options.keep_stream:
             with contextlib.suppress(Exception):  # best effort: the verdict stands anyway
                 await _delete_streams(nc, store.stream_name)
@@ -225,10 +234,13 @@ class RaceResult:
 
 
 async def _race(
-    options: DemoOptions, url: str, outside_store: JetStreamEventStore, accounts: tuple[str, ...]
+    options: DemoOptions,
+    conn: ConnectionSettings,
+    outside_store: JetStreamEventStore,
+    accounts: tuple[str, ...],
 ) -> RaceResult:
     specs = [
-        WorkerSpec(i, url, outside_store.stream_name, accounts, options.events, options.timeout)
+        WorkerSpec(i, conn, outside_store.stream_name, accounts, options.events, options.timeout)
         for i in range(options.processes)
     ]
     result = RaceResult()
@@ -444,10 +456,12 @@ class _ProgressLine:
 # -- audit and summary ------------------------------------------------------------------------
 
 
-async def _audit(url: str, stream: str, accounts: Sequence[str], race: RaceResult) -> AuditResult:
+async def _audit(
+    conn: ConnectionSettings, stream: str, accounts: Sequence[str], race: RaceResult
+) -> AuditResult:
     """Read every account back through a fresh connection and store, and check it."""
     try:
-        nc = await connect(url, name="aether-demo-audit")
+        nc = await connect(conn, name="aether-demo-audit")
     except ServerUnreachableError as exc:
         return AuditResult(problems=[f"could not read the events back: {exc.message}"])
     try:

@@ -1,0 +1,136 @@
+"""One-line errors with documented exit codes, and the one place aether errors become them.
+
+A user's mistake or a server's refusal is reported as ``Error: <one line>`` on stderr with
+an exit code that scripts can test; never as a traceback. Commands raise the
+:class:`CliError` subclasses below for what they detect themselves; every other aether
+exception is translated by :func:`translate_errors`, which the ``aether`` group wraps
+around every command.
+
+Exit codes:
+
+====  ==========================================================================
+0     success
+1     the command failed (any other JetStream or NATS error; the demo's audit failed)
+2     cannot connect: server unreachable, authorization refused, unusable TLS or
+      credentials files; also click's own usage errors (unknown option, bad value)
+3     not found: stream, actor or snapshot
+4     version conflict (the message names the actor's current version)
+5     invalid input: ``--data`` not JSON or not an object, an event the store refuses
+6     no answer from JetStream in time: the outcome of a write is unknown
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import click
+import nats.errors
+
+from aether.errors import (
+    AetherError,
+    InvalidEventError,
+    JetStreamError,
+    StoreUnavailableError,
+    VersionConflictError,
+)
+from aether.store._jsapi import STREAM_NOT_FOUND
+
+__all__ = [
+    "EXIT_CONFLICT",
+    "EXIT_FAILURE",
+    "EXIT_INVALID",
+    "EXIT_NOT_FOUND",
+    "EXIT_UNAVAILABLE",
+    "EXIT_UNREACHABLE",
+    "CliError",
+    "ConflictError",
+    "ConnectionConfigError",
+    "InvalidInputError",
+    "NotFoundError",
+    "ServerUnreachableError",
+    "UnavailableError",
+    "translate_errors",
+]
+
+EXIT_FAILURE = 1
+EXIT_UNREACHABLE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_INVALID = 5
+EXIT_UNAVAILABLE = 6
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  the command failed
+  2  cannot connect (unreachable, refused, bad TLS/creds files); usage error
+  3  not found: stream, actor or snapshot
+  4  version conflict
+  5  invalid input (--data, event)
+  6  no answer from JetStream in time (a write's outcome is unknown)
+"""
+
+
+class CliError(click.ClickException):
+    """A failure reported as one line (``Error: ...``); exit code 1 unless a subclass says."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ServerUnreachableError(CliError):
+    """No usable NATS server (unreachable, refused us, or could not be started): exit 2."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class ConnectionConfigError(ServerUnreachableError):
+    """The connection settings themselves are unusable (TLS or credentials files): exit 2."""
+
+
+class NotFoundError(CliError):
+    """A stream, actor or snapshot does not exist: exit 3."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class ConflictError(CliError):
+    """Optimistic concurrency failed (the message has the current version): exit 4."""
+
+    exit_code = EXIT_CONFLICT
+
+
+class InvalidInputError(CliError):
+    """The input cannot become a valid event: exit 5."""
+
+    exit_code = EXIT_INVALID
+
+
+class UnavailableError(CliError):
+    """JetStream gave no answer in time; a write's outcome is unknown: exit 6."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn aether and nats-py exceptions escaping a command into one-line CliErrors."""
+    try:
+        yield
+    except VersionConflictError as exc:
+        raise ConflictError(str(exc)) from None
+    except InvalidEventError as exc:
+        raise InvalidInputError(str(exc)) from None
+    except StoreUnavailableError as exc:
+        raise UnavailableError(f"no answer from JetStream: {exc}") from None
+    except JetStreamError as exc:
+        if exc.err_code == STREAM_NOT_FOUND:
+            raise NotFoundError(f"stream not found: {exc.description}") from None
+        raise CliError(
+            f"JetStream error: {exc.description} (code {exc.code}/{exc.err_code})"
+        ) from None
+    except AetherError as exc:
+        raise CliError(str(exc)) from None
+    except nats.errors.Error as exc:
+        raise CliError(f"NATS error: {str(exc).removeprefix('nats: ')}") from None

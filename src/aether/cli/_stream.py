@@ -1,0 +1,188 @@
+"""Which event stream a command works on, and a store on it that changes nothing.
+
+``--stream`` (default ``events``, the store's default) and ``--namespace`` name a store's
+stream exactly as ``JetStreamEventStore.open(nc, stream, JetStreamConfig(namespace=...))``
+does (:func:`~aether.store._subjects.real_stream_name`). A stream listed by
+``aether streams`` without a namespace can also be named by its JetStream name alone.
+
+Inspection commands must not create or reconfigure streams (``open()`` creates missing
+streams and may update an existing one; an operator's read-only user may not even be
+allowed to), and a typo in ``--stream`` must say "not found" rather than create an empty
+stream. :func:`attach` therefore uses ``JetStreamEventStore.attach``, which checks
+that the stream exists and holds aether's subjects and creates nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import click
+import nats.errors
+from nats.aio.client import Client
+
+from aether import _json
+from aether.errors import AetherError, JetStreamError, StreamNotFoundError
+from aether.store import JetStreamConfig, JetStreamEventStore
+from aether.store._jsapi import API, JsApi
+from aether.store._subjects import real_stream_name
+
+from ._errors import CliError, NotFoundError
+
+__all__ = [
+    "CLI_STORE_CONFIG",
+    "OpenStream",
+    "StreamRef",
+    "attach",
+    "check_jetstream",
+    "cli_api",
+    "stream_options",
+]
+
+DEFAULT_STREAM = "events"
+#: A command gives up on an unanswered request after 10s (the library's default is 30s).
+CLI_STORE_CONFIG = JetStreamConfig(
+    request_timeout=timedelta(seconds=2), retry_deadline=timedelta(seconds=10)
+)
+_JS_CHECK_TIMEOUT = 2.0
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+@dataclass(frozen=True)
+class StreamRef:
+    """A store's stream as its user names it: stream name and namespace."""
+
+    name: str = DEFAULT_STREAM
+    namespace: str = ""
+
+    @property
+    def real(self) -> str:
+        """The JetStream stream name (``<namespace>_<name>``, namespace sanitised)."""
+        return real_stream_name(self.namespace, self.name)
+
+    @property
+    def event_subjects(self) -> str:
+        """The wildcard subject of every actor's events in this stream."""
+        return f"{self.real}.events.>"
+
+    def describe(self) -> str:
+        """``'events'``, or ``'bank' in namespace 'ns' (JetStream stream 'ns_bank')``."""
+        if not self.namespace:
+            return repr(self.name)
+        return f"{self.name!r} in namespace {self.namespace!r} (JetStream stream {self.real!r})"
+
+
+def _check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        real_stream_name("", value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
+def stream_options(*, argument: bool = False) -> Callable[[_F], _F]:
+    """Add ``--stream`` (or a ``STREAM`` argument) and ``--namespace``; pass ``ref: StreamRef``.
+
+    The command's function receives ``ref`` instead of ``stream`` and ``namespace``.
+    """
+
+    def decorate(func: _F) -> _F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> object:
+            ref = StreamRef(kwargs.pop("stream"), kwargs.pop("namespace"))
+            return func(*args, ref=ref, **kwargs)
+
+        namespace = click.option(
+            "--namespace",
+            "-N",
+            default="",
+            metavar="NS",
+            help="Namespace of the store (JetStreamConfig.namespace) [default: none].",
+        )
+        if argument:
+            stream = click.argument(
+                "stream", default=DEFAULT_STREAM, required=False, callback=_check_name
+            )
+        else:
+            stream = click.option(
+                "--stream",
+                "-s",
+                default=DEFAULT_STREAM,
+                show_default=True,
+                metavar="NAME",
+                callback=_check_name,
+                help="Stream name the store was opened with (see `aether streams`).",
+            )
+        return stream(namespace(wrapper))  # type: ignore[return-value]
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    """A store on an existing stream, and JetStream API calls for what the store lacks."""
+
+    store: JetStreamEventStore
+    api: JsApi
+
+
+def cli_api(nc: Client) -> JsApi:
+    """JetStream API calls with the CLI's timeouts (:data:`CLI_STORE_CONFIG`)."""
+    return JsApi(
+        nc,
+        request_timeout=CLI_STORE_CONFIG.request_timeout.total_seconds(),
+        retry_deadline=CLI_STORE_CONFIG.retry_deadline.total_seconds(),
+    )
+
+
+async def check_jetstream(nc: Client) -> None:
+    """Fail at once (CliError) if the server has no JetStream for us.
+
+    The store retries "no responders" until its deadline, as it must for a stream whose
+    leader is being elected; a server without JetStream would then cost the user ten
+    seconds before a vague error. One ``$JS.API.INFO`` request tells the two apart.
+    """
+    try:
+        msg = await nc.request(f"{API}.INFO", b"", timeout=_JS_CHECK_TIMEOUT)
+    except nats.errors.NoRespondersError:
+        raise CliError(
+            "JetStream is not enabled on this server (run nats-server with -js, or use "
+            "`aether server`)"
+        ) from None
+    except nats.errors.TimeoutError:
+        return  # slow, not absent: the store's own retries decide
+    error = (_json.loads(msg.data) or {}).get("error")
+    if error:
+        raise CliError(f"JetStream is not available: {error.get('description', error)}")
+
+
+async def attach(nc: Client, ref: StreamRef, *, create: bool = False) -> OpenStream:
+    """A store on *ref*'s existing event stream, without creating or changing anything
+    (:meth:`JetStreamEventStore.attach`).
+
+    Raises NotFoundError (exit 3) if the stream does not exist, unless *create* is set:
+    then the store is opened normally, which creates it. Raises CliError if the stream
+    is not an aether event stream.
+    """
+    config = JetStreamConfig(namespace=ref.namespace, **_timeouts(CLI_STORE_CONFIG))
+    await check_jetstream(nc)
+    try:
+        store = await JetStreamEventStore.attach(nc, ref.name, config)
+    except StreamNotFoundError:
+        if not create:
+            raise NotFoundError(
+                f"stream {ref.describe()} not found (`aether streams` lists the event streams)"
+            ) from None
+        store = await JetStreamEventStore.open(nc, ref.name, config)
+    except JetStreamError:
+        raise
+    except AetherError as exc:
+        raise CliError(f"stream {ref.real!r} is not an aether event stream: {exc}") from None
+    return OpenStream(store, cli_api(nc))
+
+
+def _timeouts(config: JetStreamConfig) -> dict[str, Any]:
+    return {"request_timeout": config.request_timeout, "retry_deadline": config.retry_deadline}

@@ -1,0 +1,638 @@
+"""The inspection and append commands, in-process (click's CliRunner) against a real server.
+
+Every test uses its own stream (the session server is shared). Errors a user can cause
+must be one line (``Error: ...``) with the documented exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from click.testing import CliRunner, Result
+from nats.aio.client import Client
+
+from aether import (
+    ActorSnapshot,
+    Event,
+    EventTooLargeError,
+    InvalidEventError,
+    JetStreamError,
+    StoreUnavailableError,
+    UnsupportedServerError,
+    VersionConflictError,
+)
+from aether.cli import cli
+from aether.cli._errors import (
+    EXIT_CONFLICT,
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_UNREACHABLE,
+    CliError,
+    translate_errors,
+)
+from aether.cli.actors import actor_id_of
+from aether.cli.streams import classify
+from aether.store import JetStreamConfig, JetStreamEventStore
+from aether.store._subjects import encode_actor_id
+from aether.testing import NatsServer
+
+from ._stores import unique
+
+T = TypeVar("T")
+NATS_ENV = (
+    "NATS_URL",
+    "NATS_CREDS",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "NATS_CA",
+    "NATS_CERT",
+    "NATS_KEY",
+)
+UNREACHABLE = "nats://127.0.0.1:1"
+
+
+@pytest.fixture(autouse=True)
+def _no_nats_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connection settings come from each test's arguments, not the developer's shell."""
+    for name in NATS_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await coro_fn()
+
+    return asyncio.run(main())
+
+
+def aether(*args: str, url: str | None = None, **kwargs: Any) -> Result:
+    """Run ``aether <args> [--url url]`` in-process."""
+    full = [*args, "--url", url] if url else list(args)
+    return CliRunner().invoke(cli, full, catch_exceptions=False, **kwargs)
+
+
+def assert_one_line_error(result: Result, exit_code: int, *fragments: str) -> str:
+    assert result.exit_code == exit_code, (result.exit_code, result.output)
+    assert result.stdout == "", result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: "), lines
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def json_lines(result: Result) -> list[dict[str, Any]]:
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+class Streams:
+    """Fresh stream names for a test; all their streams are deleted afterwards."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.created: list[str] = []
+
+    def name(self) -> str:
+        name = unique("cli")
+        self.created.append(name)
+        return name
+
+    async def open(self, name: str, namespace: str = "") -> tuple[Client, JetStreamEventStore]:
+        nc = await nats.connect(self.url)
+        store = await JetStreamEventStore.open(nc, name, JetStreamConfig(namespace=namespace))
+        self.created.append(store.stream_name)
+        return nc, store
+
+    async def seed(self, name: str, events: list[Event], namespace: str = "") -> None:
+        nc, store = await self.open(name, namespace)
+        try:
+            for event in events:
+                await store.save_event(event)
+        finally:
+            await nc.close()
+
+    async def cleanup(self) -> None:
+        async with await nats.connect(self.url) as nc:
+            js = nc.jetstream()
+            for name in self.created:
+                for stream in (name, f"{name}_snapshots"):
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await js.delete_stream(stream)
+
+
+@pytest.fixture
+def streams(nats_url: str) -> Iterator[Streams]:
+    tracker = Streams(nats_url)
+    yield tracker
+    run(tracker.cleanup)
+
+
+def ev(actor: str, version: int, event_type: str = "Deposited", **data: Any) -> Event:
+    return Event(event_type, actor, version, data)
+
+
+# -- help -------------------------------------------------------------------------------------
+
+NATS_COMMANDS = ("demo", "streams", "actors", "events", "tail", "append", "snapshot")
+CONNECTION_OPTIONS = (
+    "--url",
+    "--creds",
+    "--user",
+    "--password",
+    "--token",
+    "--tls-ca",
+    "--tls-cert",
+    "--tls-key",
+)
+
+
+def test_help_lists_every_command_and_the_exit_codes() -> None:
+    result = aether("--help")
+    assert result.exit_code == 0
+    for command in ("server", *NATS_COMMANDS):
+        assert f"  {command} " in result.stdout, command
+    assert "Exit codes:" in result.stdout
+    assert "4  version conflict" in result.stdout
+
+
+@pytest.mark.parametrize("command", NATS_COMMANDS)
+def test_every_nats_command_takes_the_connection_options(command: str) -> None:
+    result = aether(command, "--help")
+    assert result.exit_code == 0, result.output
+    for option in CONNECTION_OPTIONS:
+        assert option in result.stdout, (command, option)
+    assert "NATS_URL" in result.stdout
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+
+def test_streams_lists_aether_streams_with_their_counts(streams: Streams, nats_url: str) -> None:
+    bank = streams.name()
+    legacy = streams.name()
+    foreign = streams.name()
+
+    async def setup() -> None:
+        await streams.seed(bank, [ev("a", 1), ev("a", 2), ev("b.1", 1)], namespace="tenant a")
+        nc, store = await streams.open(bank, "tenant a")
+        await store.save_snapshot(ActorSnapshot("a", 2, {"balance": 3}))
+        js = nc.jetstream()
+        # created without aether metadata (older aether, Go Aether): found by its subjects
+        await js.add_stream(name=legacy, subjects=[f"{legacy}.events.>"])
+        await js.publish(f"{legacy}.events.x", ev("x", 1).to_json())
+        await js.add_stream(name=foreign, subjects=[f"{foreign}.>"])
+        await js.publish(f"{foreign}.y", b"not aether")
+        await nc.close()
+
+    run(setup)
+    rows = {row["stream"]: row for row in json_lines(aether("streams", "--json", url=nats_url))}
+    assert rows[f"tenant_a_{bank}"] == {
+        "stream": f"tenant_a_{bank}",
+        "namespace": "tenant_a",
+        "name": bank,
+        "actors": 2,
+        "events": 3,
+        "bytes": rows[f"tenant_a_{bank}"]["bytes"],
+        "snapshots": 1,
+        "metadata": True,
+    }
+    assert rows[f"tenant_a_{bank}"]["bytes"] > 0
+    assert rows[legacy]["metadata"] is False
+    assert (rows[legacy]["namespace"], rows[legacy]["name"], rows[legacy]["events"]) == (
+        "",
+        legacy,
+        1,
+    )
+    assert foreign not in rows
+    assert not [name for name in rows if name.endswith("_snapshots")]
+
+    table = aether("streams", url=nats_url)
+    assert table.exit_code == 0, table.output
+    line = next(line for line in table.stdout.splitlines() if bank in line)
+    assert line.split()[:5] == ["tenant_a", bank, f"tenant_a_{bank}", "2", "3"]
+
+
+def test_classify_ignores_snapshot_and_foreign_streams() -> None:
+    def info(name: str, subjects: list[str], metadata: dict[str, str] | None = None) -> Any:
+        config: dict[str, Any] = {"name": name, "subjects": subjects}
+        if metadata is not None:
+            config["metadata"] = metadata
+        return {"config": config, "state": {"messages": 4, "bytes": 10, "num_subjects": 2}}
+
+    rows = classify(
+        [
+            info("s", ["s.events.>"], {"aether.kind": "events", "aether.namespace": ""}),
+            info("s_snapshots", ["s.snapshots.>"], {"aether.kind": "snapshots"}),
+            info("old", ["old.events.>"]),
+            info("old_snapshots", ["old.snapshots.>"]),
+            info("other", ["other.>"]),
+            info("mixed", ["mixed.events.>", "mixed.more"]),
+        ]
+    )
+    assert [(r.stream, r.snapshots, r.metadata) for r in rows] == [
+        ("old", 4, False),
+        ("s", 4, True),
+    ]
+
+
+# -- actors -----------------------------------------------------------------------------------
+
+ODD_IDS = ["order-1", "a.b", "with space", "ünïcode", "star*>", "under_score"]
+
+
+def test_actors_decodes_ids_and_takes_each_latest_version(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+    history = [ev(actor, v) for i, actor in enumerate(ODD_IDS) for v in range(1, i + 2)]
+    history += [ev("gaps", 1), ev("gaps", 5), ev("gaps", 9)]
+    run(lambda: streams.seed(name, history))
+
+    rows = json_lines(aether("actors", name, "--json", url=nats_url))
+    expected = {actor: i + 1 for i, actor in enumerate(ODD_IDS)} | {"gaps": 9}
+    assert {row["actor"]: row["version"] for row in rows} == expected
+    assert [row["actor"] for row in rows] == sorted(expected)
+    assert next(row for row in rows if row["actor"] == "gaps")["events"] == 3
+
+    table = aether("actors", name, url=nats_url)
+    assert table.exit_code == 0, table.output
+    assert "with space" in table.stdout
+    assert "ünïcode" in table.stdout
+
+    prefixed = json_lines(aether("actors", name, "--prefix", "order", "--json", url=nats_url))
+    assert prefixed == [{"actor": "order-1", "version": 1, "events": 1}]
+
+    limited = aether("actors", name, "--limit", "2", "--json", url=nats_url)
+    assert len(json_lines(limited)) == 2
+    assert "showing 2 of 7 actors" in limited.stderr
+
+    none = aether("actors", name, "--prefix", "zzz", url=nats_url)
+    assert none.exit_code == 0
+    assert "no actors whose id starts with 'zzz'" in none.stderr
+
+
+def test_actors_is_quick_with_thousands_and_truncates_at_the_limit(
+    streams: Streams, nats_url: str
+) -> None:
+    name = streams.name()
+    count = 1200
+
+    async def setup() -> None:
+        nc, store = await streams.open(name)
+        limiter = asyncio.Semaphore(100)
+
+        async def save(i: int) -> None:
+            async with limiter:
+                await store.save_event(ev(f"acct-{i:05d}", 1 + i % 3))
+
+        await asyncio.gather(*(save(i) for i in range(count)))
+        await nc.close()
+
+    run(setup)
+    result = aether("actors", name, "--json", url=nats_url)
+    rows = json_lines(result)
+    assert len(rows) == 1000  # the default --limit
+    assert rows[0] == {"actor": "acct-00000", "version": 1, "events": 1}
+    assert rows[-1] == {"actor": "acct-00999", "version": 1 + 999 % 3, "events": 1}
+    assert "showing 1,000 of 1,200 actors" in result.stderr
+    everything = aether("actors", name, "--limit", "0", "--json", url=nats_url)
+    assert len(json_lines(everything)) == count
+    assert "showing" not in everything.stderr
+
+
+def test_actors_skips_subjects_aether_would_not_write(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+
+    async def setup() -> None:
+        await streams.seed(name, [ev("ok", 1)])
+        async with await nats.connect(nats_url) as nc:
+            # a foreign writer's subject: not aether's encoding of any actor id
+            await nc.jetstream().publish(f"{name}.events.x.y", b"{}")
+
+    run(setup)
+    result = aether("actors", name, "--json", url=nats_url)
+    assert json_lines(result) == [{"actor": "ok", "version": 1, "events": 1}]
+    assert "skipped 1 subject(s)" in result.stderr
+
+
+def test_actor_id_of_inverts_the_subject_encoding() -> None:
+    for actor in [*ODD_IDS, "plain", "_", "é🙂"]:
+        assert actor_id_of(encode_actor_id(actor)) == actor
+    for token in ["x.y", "_zz", "_4", "a_2e", ""]:
+        assert actor_id_of(token) is None, token
+
+
+def test_actors_of_a_missing_stream_is_not_found(nats_url: str) -> None:
+    missing = unique("missing")
+    result = aether("actors", missing, url=nats_url)
+    assert_one_line_error(result, EXIT_NOT_FOUND, f"stream '{missing}' not found")
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def test_events_shows_the_history_as_a_table_and_as_json(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+    history = [ev("acc", 1, "Opened", owner="ann"), ev("acc", 2, amount=5), ev("acc", 3, amount=7)]
+    history[1].correlation_id = "corr-1"
+    run(lambda: streams.seed(name, [*history, ev("other", 1)]))
+
+    table = aether("events", "acc", "--stream", name, url=nats_url)
+    assert table.exit_code == 0, table.output
+    body = [line.split() for line in table.stdout.splitlines()[2:] if line.strip()]
+    assert [(row[0], row[1]) for row in body] == [
+        ("1", "Opened"),
+        ("2", "Deposited"),
+        ("3", "Deposited"),
+    ]
+    assert '{"owner":"ann"}' in table.stdout
+    assert '{"amount":7}' in table.stdout
+
+    lines = aether("events", "acc", "--stream", name, "--json", url=nats_url).stdout.splitlines()
+    assert [Event.from_json(line) for line in lines] == history
+
+    later = aether("events", "acc", "-s", name, "--from", "3", "--json", url=nats_url)
+    assert [Event.from_json(line).version for line in later.stdout.splitlines()] == [3]
+
+    none_after = aether("events", "acc", "-s", name, "--from", "4", url=nats_url)
+    assert none_after.exit_code == 0
+    assert "no events from version 4" in none_after.stderr
+
+
+def test_events_in_a_namespace(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+    run(lambda: streams.seed(name, [ev("acc", 1)], namespace="tenant-a"))
+    result = aether("events", "acc", "-s", name, "--namespace", "tenant-a", "--json", url=nats_url)
+    assert [e["version"] for e in json_lines(result)] == [1]
+    # the same stream, named by its JetStream name
+    result = aether("events", "acc", "-s", f"tenant-a_{name}", "--json", url=nats_url)
+    assert [e["version"] for e in json_lines(result)] == [1]
+    other = aether("events", "acc", "-s", name, "--namespace", "tenant-b", url=nats_url)
+    assert_one_line_error(other, EXIT_NOT_FOUND, "namespace 'tenant-b'", "not found")
+
+
+def test_events_reports_malformed_messages(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+
+    async def setup() -> None:
+        await streams.seed(name, [ev("acc", 1)])
+        async with await nats.connect(nats_url) as nc:
+            await nc.jetstream().publish(f"{name}.events.acc", b"garbage")
+
+    run(setup)
+    result = aether("events", "acc", "-s", name, url=nats_url)
+    assert result.exit_code == 0, result.output
+    assert "skipped malformed message at stream sequence 2" in result.stderr
+    as_json = aether("events", "acc", "-s", name, "--json", url=nats_url)
+    assert [e["version"] for e in json_lines(as_json)] == [1]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_events_of_an_unknown_actor_is_not_found(
+    streams: Streams, nats_url: str, as_json: bool
+) -> None:
+    name = streams.name()
+    run(lambda: streams.seed(name, [ev("acc", 1)]))
+    args = ["events", "nobody", "-s", name, *(["--json"] if as_json else [])]
+    result = aether(*args, url=nats_url)
+    assert_one_line_error(result, EXIT_NOT_FOUND, "actor 'nobody' has no events", repr(name))
+
+
+def test_events_of_a_missing_stream_is_not_found(nats_url: str) -> None:
+    result = aether("events", "acc", "--stream", "no-such-stream", url=nats_url)
+    assert_one_line_error(result, EXIT_NOT_FOUND, "stream 'no-such-stream' not found")
+
+
+def test_a_stream_that_is_not_aethers_is_refused(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+
+    async def setup() -> None:
+        async with await nats.connect(nats_url) as nc:
+            await nc.jetstream().add_stream(name=name, subjects=[f"{name}.other.>"])
+
+    run(setup)
+    result = aether("events", "acc", "-s", name, url=nats_url)
+    assert_one_line_error(result, 1, "is not an aether event stream")
+
+
+def test_a_bad_stream_name_is_a_usage_error() -> None:
+    result = aether("events", "acc", "--stream", "a.b", url=UNREACHABLE)
+    assert result.exit_code == 2
+    assert "Invalid value for '--stream'" in result.stderr
+
+
+# -- append -----------------------------------------------------------------------------------
+
+
+def _versions(url: str, stream: str, actor: str) -> list[int]:
+    return [
+        e["version"] for e in json_lines(aether("events", actor, "-s", stream, "--json", url=url))
+    ]
+
+
+def test_append_takes_the_next_version_or_the_given_one(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+    first = aether("append", "acc", "Opened", "-s", name, "--create", url=nats_url)
+    assert first.exit_code == 0, first.output
+    assert "as version 1 of actor 'acc'" in first.stdout
+
+    second = aether(
+        "append",
+        "acc",
+        "Deposited",
+        "--data",
+        '{"amount": 5}',
+        "-m",
+        "correlationId=c-1",
+        "--command-id",
+        "cmd-9",
+        "-s",
+        name,
+        "--json",
+        url=nats_url,
+    )
+    stored = Event.from_json(second.stdout)
+    assert (stored.version, stored.data, stored.correlation_id, stored.command_id) == (
+        2,
+        {"amount": 5},
+        "c-1",
+        "cmd-9",
+    )
+
+    gap = aether("append", "acc", "Deposited", "--version", "7", "-s", name, url=nats_url)
+    assert "as version 7" in gap.stdout
+    piped = aether(
+        "append", "acc", "Closed", "-d", "-", "-s", name, url=nats_url, input='{"x": [1]}'
+    )
+    assert "as version 8" in piped.stdout, piped.output
+    assert _versions(nats_url, name, "acc") == [1, 2, 7, 8]
+    last = json_lines(aether("events", "acc", "-s", name, "--from", "8", "--json", url=nats_url))
+    assert last[0]["data"] == {"x": [1]}
+
+
+def test_append_conflict_names_the_current_version(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+    run(lambda: streams.seed(name, [ev("acc", 1), ev("acc", 2), ev("acc", 3)]))
+    result = aether("append", "acc", "Deposited", "--version", "2", "-s", name, url=nats_url)
+    line = assert_one_line_error(result, EXIT_CONFLICT)
+    assert line == "Error: version conflict: actor 'acc' has version 3, cannot save version 2"
+    same = aether("append", "acc", "Deposited", "--version", "3", "-s", name, url=nats_url)
+    assert_one_line_error(same, EXIT_CONFLICT, "has version 3, cannot save version 3")
+    assert _versions(nats_url, name, "acc") == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("{bad", "--data is not valid JSON"),
+        ("", "--data is not valid JSON"),
+        ("[1, 2]", "--data must be a JSON object ({...}), not an array"),
+        ('"text"', "not a string"),
+        ("42", "not a number"),
+        ("null", "not null"),
+        ('{"x": NaN}', "data['x'] is nan"),
+    ],
+)
+def test_append_refuses_bad_data_before_connecting(data: str, message: str) -> None:
+    # Against an unreachable server: the input is checked first (exit 5, not 2).
+    result = aether("append", "acc", "T", "--data", data, url=UNREACHABLE)
+    assert_one_line_error(result, EXIT_INVALID, message)
+
+
+def test_append_refuses_bad_metadata() -> None:
+    result = aether("append", "acc", "T", "-m", "novalue", url=UNREACHABLE)
+    assert_one_line_error(result, EXIT_INVALID, "--metadata must be KEY=VALUE")
+
+
+def test_append_to_a_missing_stream_needs_create(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+    result = aether("append", "acc", "T", "-s", name, url=nats_url)
+    assert_one_line_error(result, EXIT_NOT_FOUND, f"stream '{name}' not found")
+
+    async def exists() -> bool:
+        async with await nats.connect(nats_url) as nc:
+            try:
+                await nc.jetstream().stream_info(name)
+            except nats.js.errors.NotFoundError:
+                return False
+            return True
+
+    assert not run(exists)
+    created = aether("append", "acc", "T", "-s", name, "-N", "", "--create", url=nats_url)
+    assert created.exit_code == 0, created.output
+    assert run(exists)
+
+
+# -- snapshot ---------------------------------------------------------------------------------
+
+
+def test_snapshot_shows_the_latest(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+
+    async def setup() -> None:
+        await streams.seed(name, [ev("acc", v) for v in range(1, 6)])
+        nc, store = await streams.open(name)
+        await store.save_snapshot(ActorSnapshot("acc", 2, {"balance": 1}))
+        await store.save_snapshot(ActorSnapshot("acc", 4, {"balance": 10, "owner": "ann"}))
+        await nc.close()
+
+    run(setup)
+    shown = aether("snapshot", "acc", "-s", name, url=nats_url)
+    assert shown.exit_code == 0, shown.output
+    assert "4 (actor at version 5, 1 event(s) after the snapshot)" in shown.stdout
+    assert '"owner": "ann"' in shown.stdout
+    as_json = ActorSnapshot.from_json(
+        aether("snapshot", "acc", "-s", name, "--json", url=nats_url).stdout
+    )
+    assert (as_json.version, as_json.state) == (4, {"balance": 10, "owner": "ann"})
+
+
+def test_snapshot_missing_is_not_found(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+    run(lambda: streams.seed(name, [ev("acc", 1)]))
+    result = aether("snapshot", "acc", "-s", name, url=nats_url)
+    assert_one_line_error(result, EXIT_NOT_FOUND, "actor 'acc' has no snapshot")
+
+
+def test_snapshot_of_a_stream_without_snapshot_stream(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+
+    async def setup() -> None:
+        async with await nats.connect(nats_url) as nc:
+            js = nc.jetstream()
+            await js.add_stream(name=name, subjects=[f"{name}.events.>"])
+            await js.publish(f"{name}.events.acc", ev("acc", 1).to_json())
+
+    run(setup)
+    result = aether("snapshot", "acc", "-s", name, url=nats_url)
+    assert_one_line_error(result, EXIT_NOT_FOUND, "has no snapshot")
+
+
+# -- unreachable server -----------------------------------------------------------------------
+
+UNREACHABLE_CALLS = [
+    ("streams",),
+    ("actors",),
+    ("events", "acc"),
+    ("append", "acc", "T"),
+    ("snapshot", "acc"),
+    ("tail",),
+]
+
+
+@pytest.mark.parametrize("args", UNREACHABLE_CALLS, ids=lambda args: args[0])
+def test_unreachable_server_is_one_line_and_exit_2(args: tuple[str, ...]) -> None:
+    result = aether(*args, url=UNREACHABLE)
+    assert_one_line_error(result, EXIT_UNREACHABLE, f"cannot connect to NATS at {UNREACHABLE}")
+
+
+def test_nats_url_from_the_environment(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+    run(lambda: streams.seed(name, [ev("acc", 1)]))
+    result = aether("events", "acc", "-s", name, "--json", env={"NATS_URL": nats_url})
+    assert [e["version"] for e in json_lines(result)] == [1]
+    unreachable = aether("streams", env={"NATS_URL": UNREACHABLE})
+    assert_one_line_error(unreachable, EXIT_UNREACHABLE, UNREACHABLE)
+
+
+def test_a_server_without_jetstream_fails_at_once() -> None:
+    with NatsServer(jetstream=False) as server:
+        for args in (("streams",), ("events", "acc"), ("append", "acc", "T", "--create")):
+            result = aether(*args, url=server.url)
+            assert_one_line_error(result, 1, "JetStream is not enabled on this server")
+
+
+# -- the error translation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "exit_code", "message"),
+    [
+        (VersionConflictError("a", 2, 3), EXIT_CONFLICT, "actor 'a' has version 3"),
+        (InvalidEventError("bad"), EXIT_INVALID, "bad"),
+        (EventTooLargeError(10, 5), EXIT_INVALID, "10 bytes"),
+        (StoreUnavailableError("gone"), EXIT_UNAVAILABLE, "no answer from JetStream: gone"),
+        (JetStreamError(404, 10059, "stream not found"), EXIT_NOT_FOUND, "stream not found"),
+        (JetStreamError(500, 10001, "boom"), 1, "JetStream error: boom (code 500/10001)"),
+        (UnsupportedServerError("too old"), 1, "too old"),
+        (nats.errors.TimeoutError(), 1, "NATS error: timeout"),
+    ],
+)
+def test_aether_errors_become_one_line_errors(
+    error: Exception, exit_code: int, message: str
+) -> None:
+    with pytest.raises(CliError) as caught, translate_errors():
+        raise error
+    assert caught.value.exit_code == exit_code
+    assert message in caught.value.format_message()
+    assert "\n" not in caught.value.format_message()
