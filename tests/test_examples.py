@@ -1,0 +1,330 @@
+"""Every program under ``examples/`` runs against real nats-servers, so the how-tos never rot.
+
+The docs include these files verbatim (``tests/test_docs.py`` checks that), so what the
+how-tos show is what runs here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import nats
+import nats.js.errors
+import pytest
+
+from aether import Event
+from aether.store import JetStreamConfig, JetStreamEventStore
+from aether.testing import NatsCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+# Generous: a subprocess that hangs fails here instead of at pytest-timeout.
+SUBPROCESS_TIMEOUT = 240
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` (not a package) under a private module name."""
+    module_name = f"aether_example_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # pydantic resolves annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+async def delete_streams(servers: list[str], *names: str) -> None:
+    async with await nats.connect(servers=servers) as nc:
+        js = nc.jetstream()
+        for name in names:
+            for stream in (name, f"{name}_snapshots"):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_stream(stream)
+
+
+def example_env() -> dict[str, str]:
+    """The environment for example subprocesses: no inherited NATS_URL."""
+    return {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+
+
+# -- examples/fastapi_app.py -------------------------------------------------------------
+
+bank = load_example("fastapi_app")
+
+
+# --8<-- [start:fastapi-fixture]
+class Bank:
+    """The FastAPI example app on the session nats-server, in a namespace of its own."""
+
+    def __init__(self, nats_url: str) -> None:
+        self.nats_url = nats_url
+        self.namespace = unique("bank")
+        self.stream = f"{self.namespace}_bank"
+        self.app = bank.create_app(nats_url, namespace=self.namespace)
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url="http://bank.test"
+        )
+
+    async def open_store(self) -> tuple[nats.NATS, JetStreamEventStore]:
+        """Another writer on the same stream (as a second process or host would be)."""
+        nc = await nats.connect(self.nats_url)
+        config = JetStreamConfig(namespace=self.namespace)
+        return nc, await JetStreamEventStore.open(nc, "bank", config)
+
+
+@pytest.fixture
+async def app(nats_url: str) -> AsyncIterator[Bank]:
+    service = Bank(nats_url)
+    # httpx's ASGITransport does not run the lifespan: enter it as the server would.
+    async with service.app.router.lifespan_context(service.app), service.client:
+        yield service
+    await delete_streams([nats_url], service.stream)
+
+
+# --8<-- [end:fastapi-fixture]
+
+
+async def test_fastapi_commands_become_events(app: Bank) -> None:
+    client = app.client
+    response = await client.post("/accounts/alice", json={"owner": "Alice"})
+    assert response.status_code == 201, response.text
+    assert response.json() == {"id": "alice", "owner": "Alice", "balance": 0, "version": 1}
+
+    response = await client.post("/accounts/alice/deposits", json={"amount": 100})
+    assert response.json()["balance"] == 100
+    response = await client.post("/accounts/alice/withdrawals", json={"amount": 30})
+    assert response.json() == {"id": "alice", "owner": "Alice", "balance": 70, "version": 3}
+
+    response = await client.post("/accounts/alice/withdrawals", json={"amount": 1000})
+    assert response.status_code == 422
+    assert "insufficient funds" in response.json()["detail"]
+    response = await client.post("/accounts/alice", json={"owner": "Mallory"})
+    assert response.status_code == 422
+
+    response = await client.get("/accounts/alice")
+    assert response.json()["balance"] == 70
+    response = await client.get("/accounts/alice/events")
+    events = response.json()
+    assert [(e["version"], e["type"], e["data"]) for e in events] == [
+        (1, "AccountOpened", {"owner": "Alice"}),
+        (2, "Deposited", {"amount": 100}),
+        (3, "Withdrawn", {"amount": 30}),
+    ]
+
+
+async def test_fastapi_unknown_account_and_bad_input(app: Bank) -> None:
+    client = app.client
+    assert (await client.get("/accounts/nobody")).status_code == 404
+    response = await client.post("/accounts/nobody/deposits", json={"amount": 5})
+    assert response.status_code == 404
+    assert (await client.get("/accounts/nobody/events")).json() == []
+    response = await client.post("/accounts/nobody/deposits", json={"amount": -5})
+    assert response.status_code == 422  # pydantic validation
+
+
+async def test_fastapi_stale_expected_version_is_409(app: Bank) -> None:
+    client = app.client
+    await client.post("/accounts/bob", json={"owner": "Bob"})
+    response = await client.post(
+        "/accounts/bob/deposits", json={"amount": 5, "expected_version": 1}
+    )
+    assert response.status_code == 200
+    assert response.json()["version"] == 2
+
+    response = await client.post(
+        "/accounts/bob/deposits", json={"amount": 5, "expected_version": 1}
+    )
+    assert response.status_code == 409
+    assert response.json()["current_version"] == 2
+
+
+# --8<-- [start:fastapi-outside-writer]
+async def test_fastapi_outside_writer_is_seen(app: Bank) -> None:
+    """Another process appends behind the app's back: the app's cache is stale, the server
+    catches it, and the app answers from the true state."""
+    client = app.client
+    await client.post("/accounts/carol", json={"owner": "Carol"})
+    await client.post("/accounts/carol/deposits", json={"amount": 10})  # app's cache: v2
+    nc, other = await app.open_store()
+    try:
+        await other.save_event(Event("Deposited", "carol", 3, {"amount": 1000}))
+    finally:
+        await nc.close()
+
+    response = await client.post(
+        "/accounts/carol/withdrawals", json={"amount": 500, "expected_version": 2}
+    )
+    assert response.status_code == 409
+    assert response.json()["current_version"] == 3
+    response = await client.post("/accounts/carol/withdrawals", json={"amount": 500})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"id": "carol", "owner": "Carol", "balance": 510, "version": 4}
+
+
+# --8<-- [end:fastapi-outside-writer]
+
+
+async def test_fastapi_concurrent_commands_are_retried(app: Bank) -> None:
+    client = app.client
+    await client.post("/accounts/dave", json={"owner": "Dave"})
+    responses = await asyncio.gather(
+        *(client.post("/accounts/dave/deposits", json={"amount": n}) for n in range(1, 9))
+    )
+    assert [r.status_code for r in responses] == [200] * 8
+    assert sorted(r.json()["version"] for r in responses) == list(range(2, 10))
+    assert (await client.get("/accounts/dave")).json()["balance"] == sum(range(1, 9))
+
+
+async def test_fastapi_snapshots(app: Bank) -> None:
+    client = app.client
+    await client.post("/accounts/erin", json={"owner": "Erin"})
+    for _ in range(bank.SNAPSHOT_EVERY + 4):
+        await client.post("/accounts/erin/deposits", json={"amount": 2})
+    nc, store = await app.open_store()
+    try:
+        snapshot = await store.get_latest_snapshot("erin")
+        assert snapshot is not None
+        assert snapshot.version == bank.SNAPSHOT_EVERY
+        account = await bank.load_account(store, "erin")
+        assert account.snapshot_version == bank.SNAPSHOT_EVERY
+        assert (account.version, account.balance) == (bank.SNAPSHOT_EVERY + 5, 2 * 24)
+    finally:
+        await nc.close()
+    assert (await client.get("/accounts/erin")).json()["balance"] == 2 * (bank.SNAPSHOT_EVERY + 4)
+
+
+# -- examples/multiple_writers.py --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_multiple_writer_processes(nats_url: str) -> None:
+    stream = unique("mw")
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(EXAMPLES / "multiple_writers.py"),
+                "--url",
+                nats_url,
+                "--stream",
+                stream,
+                "--processes",
+                "3",
+                "--accounts",
+                "3",
+                "--events",
+                "40",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT,
+            env=example_env(),
+        )
+    finally:
+        asyncio.run(delete_streams([nats_url], stream))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 processes wrote 120 events to 3 accounts" in result.stdout
+    assert "audit: PASS" in result.stdout
+
+
+@pytest.mark.slow
+def test_multiple_writers_on_their_own_server() -> None:
+    """Without --url the example starts its own nats-server (the documented default)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "multiple_writers.py"),
+            "--processes",
+            "2",
+            "--events",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        env=example_env(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "audit: PASS" in result.stdout
+
+
+# -- examples/cluster.py -----------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(nats_cluster: NatsCluster) -> Iterator[NatsCluster]:
+    """The session cluster, with every node running again after the test."""
+    yield nats_cluster
+    for i in range(nats_cluster.size):
+        if i not in nats_cluster.running():
+            nats_cluster.start(i)
+
+
+@pytest.mark.cluster
+@pytest.mark.fault
+async def test_cluster_example_survives_the_leader_kill(cluster: NatsCluster) -> None:
+    example = load_example("cluster")
+    stream = unique("orders")
+    try:
+        stored = await example.run(cluster.urls, stream=stream, orders=6, cluster=cluster)
+        assert stored == 6 * 4
+        assert cluster.running() == list(range(cluster.size))  # the example restarted it
+    finally:
+        await delete_streams(cluster.urls, stream)
+
+
+@pytest.mark.cluster
+async def test_cluster_example_with_urls(cluster: NatsCluster) -> None:
+    example = load_example("cluster")
+    stream = unique("orders")
+    try:
+        # main() runs its own event loop, as from the command line.
+        url = ",".join(cluster.urls)
+        assert await asyncio.to_thread(example.main, ["--url", url, "--stream", stream]) == 0
+    finally:
+        await delete_streams(cluster.urls, stream)
+
+
+# -- examples/testing/ -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_testing_examples_pass() -> None:
+    """The testing how-to's tests, run by pytest as a user's project would run them."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(EXAMPLES / "testing"),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-o",
+            "asyncio_mode=strict",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        cwd=ROOT,
+        env=example_env(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "7 passed" in result.stdout, result.stdout
