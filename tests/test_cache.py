@@ -28,6 +28,19 @@ def test_lru_eviction() -> None:
         VersionCache(0)
 
 
+def test_put_newer_never_replaces_a_later_message() -> None:
+    cache = VersionCache(2)
+    cache.put_newer("a", entry(5))
+    cache.put_newer("a", entry(3))  # a read overtaken by a write: ignored
+    assert cache.get("a") == entry(5)
+    cache.put_newer("a", entry(7))
+    assert cache.get("a") == entry(7)
+    cache.put("b", entry(1))
+    cache.put_newer("a", entry(2))  # ignored, but "a" still counts as recently used
+    cache.put("c", entry(1))
+    assert cache.get("b") is None and cache.get("a") == entry(7)
+
+
 async def test_keyed_locks_serialise_one_key_and_clean_up() -> None:
     locks = KeyedLocks()
     order: list[str] = []

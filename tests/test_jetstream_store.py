@@ -192,6 +192,32 @@ async def test_cache_repairs_after_get_latest_version_and_conflict(
     assert sent(store1) - before == 1
 
 
+async def test_reads_do_not_wait_for_the_actors_writers(js_store: JetStreamEventStore) -> None:
+    await js_store.save_event(ev("acc", 1))
+    await js_store._locks.acquire("acc")  # as if a save of "acc" were in flight
+    try:
+        latest = await asyncio.wait_for(js_store.get_latest_version("acc"), 30)  # hang guard
+        assert latest == 1
+    finally:
+        js_store._locks.release("acc")
+
+
+async def test_a_cached_conflict_reports_the_true_version_and_a_purge_is_noticed(
+    open_store: StoreFactory, nc: Client
+) -> None:
+    store, other = await open_store(), await open_store()
+    await store.save_events([ev("acc", 1), ev("acc", 2)])
+    await other.save_event(ev("acc", 3))
+    with pytest.raises(VersionConflictError) as conflict:
+        await store.save_event(ev("acc", 2))  # the cache (2) already says no
+    assert conflict.value.current_version == 3  # the truth, read after the lock
+    assert store.cached_version("acc") == 3
+    # The subject is purged behind the store's back: the cache says 3, the truth is 0.
+    await nc.jetstream().purge_stream(store.stream_name, subject=store.subject_for("acc"))
+    await store.save_event(ev("acc", 1))
+    assert [e.version for e in await other.get_events("acc")] == [1]
+
+
 async def test_version_cache_is_bounded_and_stays_correct(open_store: StoreFactory) -> None:
     store = await open_store(config=JetStreamConfig(version_cache_size=10))
     other = await open_store()

@@ -51,6 +51,15 @@ class VersionCache:
         if len(self._entries) > self.max_size:
             self._entries.popitem(last=False)
 
+    def put_newer(self, actor_id: str, entry: CacheEntry) -> None:
+        """Put *entry* unless the cached one is of a later message (a higher ``seq``).
+
+        For reads made without the actor's lock: a read that was overtaken by a write
+        must not replace what that write cached.
+        """
+        current = self._entries.get(actor_id)
+        self.put(actor_id, entry if current is None or current.seq <= entry.seq else current)
+
     def discard(self, actor_id: str) -> None:
         self._entries.pop(actor_id, None)
 

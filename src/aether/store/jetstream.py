@@ -242,7 +242,7 @@ class JetStreamEventStore:
         Raises InvalidEventError / EventTooLargeError before any I/O for bad input, and
         StoreUnavailableError if the outcome stayed unknown past ``retry_deadline``.
         """
-        payload = event.to_json()
+        payload = _rules.encode_event(event)
         self._check_size(payload, event.id)
         await self._save(event.actor_id, [event], [payload], None)
 
@@ -273,20 +273,45 @@ class JetStreamEventStore:
         events: Sequence[Event],
         payloads: list[bytes],
         expected_version: int | None,
+        known: CacheEntry | None = None,
     ) -> None:
+        """Append under the actor's lock, starting from *known* (just read) or the cache."""
         subject = self.subject_for(actor_id)
         await self._locks.acquire(actor_id)
         try:
-            entry = self._cache.get(actor_id)
-            fresh = entry is None
+            entry, fresh = known, True
             if entry is None:
-                self._stats.cache_misses += 1
-                entry = await self._read_tail(actor_id, subject)
-            else:
-                self._stats.cache_hits += 1
-            await self._append(actor_id, subject, events, payloads, entry, fresh, expected_version)
+                entry = self._cache.get(actor_id)
+                fresh = entry is None
+                if entry is None:
+                    self._stats.cache_misses += 1
+                    entry = await self._read_tail(actor_id, subject)
+                else:
+                    self._stats.cache_hits += 1
+            try:
+                await self._append(
+                    actor_id, subject, events, payloads, entry, fresh, expected_version
+                )
+                return
+            except _CachedConflict:
+                pass
         finally:
             self._locks.release(actor_id)
+        # The cached entry says the append conflicts. Read the true current version
+        # for the error without holding up the actor's other writers: on a hot actor they
+        # would otherwise queue behind one read per losing writer.
+        entry = await self._read_tail(actor_id, subject)
+        self._cache.put_newer(actor_id, entry)
+        last = events[-1]
+        if (entry.event_id, entry.version) != (last.id, last.version):
+            try:
+                _rules.check_batch_versions(events, entry.version, expected_version)
+            except VersionConflictError:
+                self._stats.conflicts += 1
+                raise
+        # Not a conflict after all (the cached entry was outdated, e.g. the subject was
+        # purged): append under the lock, starting from the entry just read.
+        await self._save(actor_id, events, payloads, expected_version, entry)
 
     async def _append(
         self,
@@ -313,9 +338,9 @@ class JetStreamEventStore:
                 _rules.check_batch_versions(events, entry.version, expected_version)
             except VersionConflictError:
                 if not fresh:
-                    # Certain (versions only grow), but report the true current version.
-                    entry, fresh = await self._read_tail(actor_id, subject), True
-                    continue
+                    # Certain (versions only grow); the caller reads the true current
+                    # version for the error after releasing the lock.
+                    raise _CachedConflict from None
                 if ambiguous and await self._find_landed(subject, last, first_known_seq):
                     self._cache.discard(actor_id)
                     return
@@ -422,19 +447,16 @@ class JetStreamEventStore:
     async def get_latest_version(self, actor_id: str) -> int:
         """The actor's latest version, read from the stream leader in one request.
 
-        Reflects every write acknowledged before the call, and refreshes the cache under
-        the actor's lock, so a slower read never overwrites a newer entry. (Only if the
+        Reflects every write acknowledged before the call, and refreshes the cache; a
+        read overtaken by a write never replaces the newer entry (entries are ordered by
+        stream sequence), so reads need not wait for the actor's writers. (Only if the
         newest message on the subject is malformed, a foreign writer's, does it scan the
         subject for the newest valid version.)
         """
         subject = self.subject_for(actor_id)
-        await self._locks.acquire(actor_id)
-        try:
-            entry = await self._read_tail(actor_id, subject)
-            self._cache.put(actor_id, entry)
-            return entry.version
-        finally:
-            self._locks.release(actor_id)
+        entry = await self._read_tail(actor_id, subject)
+        self._cache.put_newer(actor_id, entry)
+        return entry.version
 
     async def _read_tail(self, actor_id: str, subject: str) -> CacheEntry:
         last = await self._api.last_msg(self._stream, subject)
@@ -545,7 +567,7 @@ class JetStreamEventStore:
         A compare-and-set on the snapshot subject's sequence, so concurrent writers in
         any process can never replace a newer snapshot with an older one.
         """
-        payload = snapshot.to_json()
+        payload = _rules.encode_snapshot(snapshot)
         self._check_size(payload)
         subject = self._snapshot_prefix + encode_actor_id(snapshot.actor_id)
         while True:
@@ -602,6 +624,10 @@ def _decode_snapshot(msg: StoredMsg) -> ActorSnapshot | None:
 
 
 _CREATE_ATTEMPTS = 6
+
+
+class _CachedConflict(Exception):
+    """The cached entry already proves the append conflicts (see ``_save``)."""
 
 
 def _api_for(nc: Client, config: JetStreamConfig) -> JsApi:
