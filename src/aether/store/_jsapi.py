@@ -30,6 +30,7 @@ API = "$JS.API"
 NO_MESSAGE_FOUND = 10037
 DUPLICATE_IN_PROCESS = 10158
 WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164  # clustered: another write to the subject is in flight
+BATCH_INCOMPLETE = 10176  # a batch message was refused (e.g. too many batches in flight)
 STREAM_CREATE_FAILED = 10049  # e.g. a race with the deletion of the account's last stream
 STREAM_NAME_IN_USE = 10058
 STREAM_NOT_FOUND = 10059
@@ -39,8 +40,8 @@ BATCH_DUPLICATE_MSG_ID = 10201
 
 class _TransientError(Exception):
     """An answer meaning "not now": 503 (JetStream not ready), 429 (too many requests),
-    or "duplicate message id is in process" (an earlier copy is still being committed,
-    so the outcome is unknown)."""
+    an incomplete atomic batch, or "duplicate message id is in process" (an earlier copy
+    is still being committed, so the outcome is unknown)."""
 
     def __init__(self, ambiguous: bool) -> None:
         super().__init__()
@@ -306,7 +307,10 @@ def decode_answer(data: bytes) -> dict[str, Any]:
     error = answer.get("error")
     if error is not None:
         code, err_code = error.get("code"), error.get("err_code")
-        if code in (503, 429) or err_code == DUPLICATE_IN_PROCESS:
+        # An incomplete batch was refused whole (nothing stored), typically because the
+        # server had too many batches in flight and refused one of its messages with a
+        # 429 that a reply-less batch publish never sees: sent again, with a new batch id.
+        if code in (503, 429) or err_code in (DUPLICATE_IN_PROCESS, BATCH_INCOMPLETE):
             raise _TransientError(ambiguous=err_code == DUPLICATE_IN_PROCESS)
     return answer
 

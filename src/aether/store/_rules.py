@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Sequence
 
 from aether.errors import InvalidEventError, VersionConflictError
-from aether.event import Event, check_actor_id
+from aether.event import ActorSnapshot, Event, check_actor_id
 
 
 def check_read(actor_id: object, from_version: object = 0) -> None:
@@ -22,6 +22,20 @@ def check_append(event: Event, latest: int) -> None:
         raise VersionConflictError(event.actor_id, event.version, latest)
 
 
+def encode_event(event: object) -> bytes:
+    """The wire form of *event*, or InvalidEventError if it is not a valid Event."""
+    if not isinstance(event, Event):
+        raise InvalidEventError(f"expected an Event, got {type(event).__name__}")
+    return event.to_json()
+
+
+def encode_snapshot(snapshot: object) -> bytes:
+    """The wire form of *snapshot*, or InvalidEventError if it is not a valid ActorSnapshot."""
+    if not isinstance(snapshot, ActorSnapshot):
+        raise InvalidEventError(f"expected an ActorSnapshot, got {type(snapshot).__name__}")
+    return snapshot.to_json()
+
+
 def encode_batch(events: Sequence[Event]) -> list[bytes]:
     """Validate a ``save_events`` batch's shape and encode it (before any I/O).
 
@@ -31,7 +45,7 @@ def encode_batch(events: Sequence[Event]) -> list[bytes]:
         raise InvalidEventError("save_events takes a sequence of events")
     if not events:
         raise InvalidEventError("save_events needs at least one event")
-    payloads = [event.to_json() for event in events]
+    payloads = [encode_event(event) for event in events]
     actor_id = events[0].actor_id
     for prev, event in itertools.pairwise(events):
         if event.actor_id != actor_id:

@@ -32,7 +32,7 @@ class InMemoryEventStore:
         self._snapshot_versions: dict[str, int] = {}
 
     async def save_event(self, event: Event) -> None:
-        payload = event.to_json()
+        payload = _rules.encode_event(event)
         with self._lock:
             history = self._events.get(event.actor_id, [])
             if history and history[-1][:2] == (event.version, event.id):
@@ -99,7 +99,7 @@ class InMemoryEventStore:
             return history[-1][0] if history else 0
 
     async def save_snapshot(self, snapshot: ActorSnapshot) -> None:
-        payload = snapshot.to_json()
+        payload = _rules.encode_snapshot(snapshot)
         with self._lock:
             if self._snapshot_versions.get(snapshot.actor_id, -1) >= snapshot.version:
                 return  # an older (or equal) snapshot never replaces a newer one
