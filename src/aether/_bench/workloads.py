@@ -308,8 +308,8 @@ class Bench:
         aether: ``get_latest_version`` + ``save_event``. raw: ``STREAM.MSG.GET`` of the
         subject's last message + ``js.publish`` expecting that sequence (a wrong-sequence
         answer is the conflict). Reported: successful events/s and conflicts/s.
-        Within one process aether serialises each actor's reads and writes (a per-actor
-        lock), so its writers queue instead of racing on the server.
+        Within one process aether serialises each actor's appends (a per-actor lock);
+        reads, and the re-read that reports a conflict, run without it.
         """
         wid, s, store = "append_hot", self.sizes, self.store
         result = self._workload(wid, _doc(Bench.append_hot, s))
@@ -367,8 +367,8 @@ class Bench:
             "Conflicts per successful event: aether "
             f"{point.series['aether.hot'].extra['conflicts_per_event']:.1f}, raw "
             f"{point.series['raw.hot'].extra['conflicts_per_event']:.1f}. In one process "
-            "aether's per-actor lock serialises every writer's read and append, so each "
-            "round trip of the race happens one after another."
+            "aether's per-actor lock serialises the appends (reads run concurrently), so "
+            "the appends of the race reach the server one after another."
         )
         self.progress.finish(wid)
         return result
