@@ -13,6 +13,7 @@ import pytest
 from nats.aio.client import Client
 
 from aether import (
+    ActorSnapshot,
     AetherError,
     Event,
     EventTooLargeError,
@@ -137,6 +138,43 @@ async def test_replay_from_a_version_reads_only_the_tail(open_store: StoreFactor
     assert await store.get_events("nobody", 5) == []
     result = await store.get_events_with_errors("b", 598)
     assert [e.version for e in result.events] == [598, 599, 600]
+
+
+async def test_replay_after_a_snapshot_starts_where_the_snapshot_says(
+    open_store: StoreFactory, nc: Client
+) -> None:
+    writer, reader = await open_store(), await open_store()
+    for start in range(1, 2001, 500):  # interleaved with another actor's events
+        await writer.save_events([ev("a", v) for v in range(start, start + 500)])
+        await writer.save_events([ev("b", v) for v in range(start, start + 500)])
+    await writer.save_snapshot(ActorSnapshot("a", 2000, {"n": 2000}))  # the cache knows v2000
+    await writer.save_events([ev("a", v) for v in range(2001, 2011)])
+    snapshot = await reader.get_latest_snapshot("a")
+    assert snapshot is not None and snapshot.version == 2000
+    gets = 0
+    real_get = reader._api.get_msg
+
+    async def counting_get(stream: str, body: dict[str, Any]) -> Any:
+        nonlocal gets
+        gets += 1
+        return await real_get(stream, body)
+
+    reader._api.get_msg = counting_get  # type: ignore[method-assign]
+    tail = await reader.get_events("a", snapshot.version + 1)
+    assert [e.version for e in tail] == list(range(2001, 2011))
+    assert gets == 2  # the subject's last message and the snapshot's mark, no search
+    assert [e.version for e in await reader.get_events("a", 2005)] == list(range(2005, 2011))
+
+    # The events stream is recreated behind the snapshot's back: the mark no longer
+    # points at version 2000, so it is dropped and the replay searches instead.
+    # (Here the old mark, sequence 3500, falls between the new 2001 and 2002.)
+    await nc.jetstream().delete_stream(writer.stream_name)
+    again = await open_store(writer.stream_name)
+    await again.save_events([ev("a", v) for v in range(1995, 2002)])
+    for start in range(1, 4001, 1000):
+        await again.save_events([ev("b", v) for v in range(start, start + 1000)])
+    await again.save_events([ev("a", 2002), ev("a", 2003)])
+    assert [e.version for e in await reader.get_events("a", 2001)] == [2001, 2002, 2003]
 
 
 async def test_replay_from_a_version_past_a_malformed_message_reads_everything(

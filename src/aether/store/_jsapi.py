@@ -70,6 +70,16 @@ class StoredMsg:
     seq: int
     subject: str
     data: bytes
+    #: the raw NATS header block (``NATS/1.0\r\nKey: value\r\n...``); only from get_msg
+    headers: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        """The value of header *name* (first occurrence, case-sensitive), or None."""
+        prefix = f"{name}:".encode()
+        for line in self.headers.split(b"\r\n")[1:]:
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip().decode("utf-8", "replace")
+        return None
 
 
 class JsApi:
@@ -147,7 +157,10 @@ class JsApi:
         raise_for_error(answer)
         message = answer["message"]
         return StoredMsg(
-            message["seq"], message["subject"], base64.b64decode(message.get("data", ""))
+            message["seq"],
+            message["subject"],
+            base64.b64decode(message.get("data", "")),
+            base64.b64decode(message.get("hdrs", "")),
         )
 
     async def last_msg(self, stream: str, subject: str) -> StoredMsg | None:

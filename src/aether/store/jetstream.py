@@ -132,6 +132,9 @@ class JetStreamEventStore:
         self._atomic = atomic
         self._replicated = replicated  # the stream as it is, not as the config asked
         self._cache = VersionCache(config.version_cache_size)
+        # actor -> (snapshot version, stream sequence of that version's event), learnt from
+        # the snapshots read: where a replay after a snapshot starts (see _seek).
+        self._snapshot_marks = VersionCache(min(config.version_cache_size, _MAX_SNAPSHOT_MARKS))
         self._locks = KeyedLocks()
         self._stats = StoreStats()
 
@@ -532,6 +535,18 @@ class JetStreamEventStore:
         if tail.version < from_version:
             return last.seq + 1  # nothing to read
         low, high = 1, last.seq  # the answer lies in [low, high]; high's message qualifies
+        mark = self._snapshot_marks.get(actor_id)
+        if mark is not None and mark.version < from_version and mark.seq < high:
+            # A snapshot read earlier says where its version sits; check it (the stream may
+            # have been recreated since), then start after it or search from there.
+            at = await self._api.get_msg(self._stream, {"seq": mark.seq})
+            found = None if at is None or at.subject != subject else _decode(at, actor_id)
+            if isinstance(found, Event) and found.version == mark.version:
+                low = mark.seq + 1
+                if from_version == mark.version + 1:
+                    return low
+            else:
+                self._snapshot_marks.discard(actor_id)
         while low < high:
             middle = (low + high) // 2
             probe = await self._api.get_msg(self._stream, {"seq": middle, "next_by_subj": subject})
@@ -570,13 +585,22 @@ class JetStreamEventStore:
         payload = _rules.encode_snapshot(snapshot)
         self._check_size(payload)
         subject = self._snapshot_prefix + encode_actor_id(snapshot.actor_id)
+        mark: dict[str, str] = {}
+        entry = self._cache.get(snapshot.actor_id)
+        if entry is not None and entry.version == snapshot.version and entry.seq > 0:
+            # Where the snapshot's version sits in the event stream, so that a replay of
+            # the events after it can start there instead of searching (a hint: checked).
+            mark[_EVENT_SEQ_HEADER] = str(entry.seq)
         while True:
             current = await self._api.last_msg(self._snapshot_stream, subject)
             if current is not None:
                 stored = _decode_snapshot(current)
                 if stored is not None and stored.version >= snapshot.version:
                     return
-            headers = {"Nats-Expected-Last-Subject-Sequence": str(current.seq if current else 0)}
+            headers = {
+                "Nats-Expected-Last-Subject-Sequence": str(current.seq if current else 0),
+                **mark,
+            }
             answer, _ = await self._api.request(subject, payload, headers)
             error = answer.get("error")
             if error is None:
@@ -592,7 +616,11 @@ class JetStreamEventStore:
         check_actor_id(actor_id)
         subject = self._snapshot_prefix + encode_actor_id(actor_id)
         current = await self._api.last_msg(self._snapshot_stream, subject)
-        return None if current is None else _decode_snapshot(current)
+        snapshot = None if current is None else _decode_snapshot(current)
+        seq = None if current is None else current.header(_EVENT_SEQ_HEADER)
+        if snapshot is not None and seq is not None and seq.isdigit():
+            self._snapshot_marks.put(actor_id, CacheEntry(snapshot.version, int(seq), None))
+        return snapshot
 
 
 async def _pause_if_in_flight(err_code: int) -> None:
@@ -624,6 +652,8 @@ def _decode_snapshot(msg: StoredMsg) -> ActorSnapshot | None:
 
 
 _CREATE_ATTEMPTS = 6
+_EVENT_SEQ_HEADER = "Aether-Event-Seq"
+_MAX_SNAPSHOT_MARKS = 10_000
 
 
 class _CachedConflict(Exception):
