@@ -18,6 +18,7 @@ from aether import (
     Event,
     EventTooLargeError,
     InvalidEventError,
+    JetStreamError,
     StoreUnavailableError,
     StreamNotFoundError,
     UnsupportedServerError,
@@ -162,8 +163,12 @@ async def test_replay_after_a_snapshot_starts_where_the_snapshot_says(
     reader._api.get_msg = counting_get  # type: ignore[method-assign]
     tail = await reader.get_events("a", snapshot.version + 1)
     assert [e.version for e in tail] == list(range(2001, 2011))
-    assert gets == 2  # the subject's last message and the snapshot's mark, no search
+    assert gets == 1  # the check of the snapshot's mark, no search
     assert [e.version for e in await reader.get_events("a", 2005)] == list(range(2005, 2011))
+    gets = 0
+    # Few older events to read past (no snapshot mark for "b"): no search at all.
+    assert [e.version for e in await reader.get_events("b", 995)] == list(range(995, 2001))
+    assert gets == 0
 
     # The events stream is recreated behind the snapshot's back: the mark no longer
     # points at version 2000, so it is dropped and the replay searches instead.
@@ -195,6 +200,7 @@ async def test_iter_events_can_stop_early_and_releases_its_consumer(
 ) -> None:
     store = await open_store(config=JetStreamConfig(replay_batch_size=7))
     await store.save_events([ev("a", v) for v in range(1, 101)])
+    subscriptions = len(store._nc._subs)  # nats-py's own request inbox
     seen = []
     async with contextlib.aclosing(store.iter_events("a")) as events:
         async for event in events:
@@ -202,6 +208,7 @@ async def test_iter_events_can_stop_early_and_releases_its_consumer(
             if len(seen) == 15:
                 break
     assert seen == list(range(1, 16))
+    assert len(store._nc._subs) == subscriptions  # no replay subscription left behind
     jsm = nc.jetstream()
     # The consumer's deletion is sent without waiting for an answer: poll for it.
     for _ in range(200):
@@ -412,11 +419,39 @@ async def test_batch_is_atomic_against_a_concurrent_writer(open_store: StoreFact
 
 
 async def test_multi_event_batch_needs_atomic_support(js_store: JetStreamEventStore) -> None:
-    js_store._atomic = False  # as if connected to nats-server < 2.12
-    with pytest.raises(UnsupportedServerError, match=r"2\.12"):
+    js_store._atomic = False  # a stream without allow_atomic (e.g. attached, not opened)
+    with pytest.raises(UnsupportedServerError, match="allow_atomic"):
         await js_store.save_events([ev("acc", 1), ev("acc", 2)])
+    server = js_store._nc._current_server
+    real_version = server.server_version
+    server.server_version = "2.11.4"  # as if connected to nats-server < 2.12
+    try:
+        with pytest.raises(UnsupportedServerError, match=r"2\.12"):
+            await js_store.save_events([ev("acc", 1), ev("acc", 2)])
+    finally:
+        server.server_version = real_version
     await js_store.save_events([ev("acc", 1)])  # a single event needs no batch
     assert await js_store.get_latest_version("acc") == 1
+
+
+async def test_a_batch_refused_by_a_stream_limit_raises_at_once(
+    open_store: StoreFactory, nc: Client
+) -> None:
+    """A middle batch message over the operator's max_msg_size makes the commit say only
+    "batch incomplete"; the store asks again with replies and raises the real error
+    instead of retrying until the deadline."""
+    store = await open_store()
+    js = nc.jetstream()
+    config = (await js.stream_info(store.stream_name)).config
+    config.max_msg_size = 512
+    await js.update_stream(config)
+    batch = [ev("acc", 1), ev("acc", 2, pad="x" * 2000), ev("acc", 3)]
+    with pytest.raises(JetStreamError) as refused:
+        await asyncio.wait_for(store.save_events(batch), 20)  # hang guard (deadline: 30 s)
+    assert refused.value.err_code == 10054  # message size exceeds maximum allowed
+    assert await store.get_events("acc") == []
+    await store.save_events([ev("acc", 1), ev("acc", 2)])  # small batches still go through
+    assert await store.get_latest_version("acc") == 2
 
 
 async def test_open_is_idempotent_and_enables_atomic_on_old_streams(

@@ -71,9 +71,9 @@ class KeyedLocks:
     """One FIFO lock per key, costing nothing but a dict entry while uncontended.
 
     ``await locks.acquire(key)`` / ``locks.release(key)`` serialise the store's
-    read-modify-write of one actor within this process, so a slow read can never
-    overwrite a newer cache entry. Only waiters get a future; the lock passes straight
-    to the next waiter on release.
+    appends to one actor within this process, so they reach the server one after another
+    with the latest known tail instead of racing each other. Only waiters get a future;
+    the lock passes straight to the next waiter on release.
     """
 
     def __init__(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import random
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -38,10 +39,10 @@ WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE_MSG_ID = 10201
 
 
-class _TransientError(Exception):
+class TransientError(Exception):
     """An answer meaning "not now": 503 (JetStream not ready), 429 (too many requests),
-    an incomplete atomic batch, or "duplicate message id is in process" (an earlier copy
-    is still being committed, so the outcome is unknown)."""
+    or "duplicate message id is in process" (an earlier copy is still being committed,
+    so the outcome is unknown). The store also raises it for an incomplete batch."""
 
     def __init__(self, ambiguous: bool) -> None:
         super().__init__()
@@ -54,7 +55,7 @@ class _StalledError(Exception):
 
 # Failures after which the request's fate is unknown or it simply got no answer.
 _RETRYABLE = (
-    _TransientError,
+    TransientError,
     asyncio.TimeoutError,  # nats.errors.TimeoutError derives from it
     nats.errors.NoRespondersError,
     nats.errors.ConnectionReconnectingError,
@@ -121,7 +122,7 @@ class JsApi:
                 ) from failure
             self.retries += 1
             if isinstance(failure, asyncio.TimeoutError) or (
-                isinstance(failure, _TransientError) and failure.ambiguous
+                isinstance(failure, TransientError) and failure.ambiguous
             ):
                 ambiguous = True
             # Jittered exponential backoff, also after timeouts, so that an overloaded
@@ -206,9 +207,11 @@ class JsApi:
                 name, pending = consumer
                 resumed_at = next_seq
                 try:
-                    async for msg in self._drain(stream, name, pending, batch):
-                        next_seq = msg.seq + 1
-                        yield msg
+                    drained = self._drain(stream, name, pending, batch)
+                    async with contextlib.aclosing(drained):
+                        async for msg in drained:
+                            next_seq = msg.seq + 1
+                            yield msg
                     break
                 except _StalledError as exc:
                     now = loop.time()
@@ -315,16 +318,13 @@ def _ack_stream_seq(reply: str) -> int:
 
 
 def decode_answer(data: bytes) -> dict[str, Any]:
-    """Decode a JetStream answer; raise _TransientError for the "not now" answers."""
+    """Decode a JetStream answer; raise TransientError for the "not now" answers."""
     answer: dict[str, Any] = _json.loads(data)
     error = answer.get("error")
     if error is not None:
         code, err_code = error.get("code"), error.get("err_code")
-        # An incomplete batch was refused whole (nothing stored), typically because the
-        # server had too many batches in flight and refused one of its messages with a
-        # 429 that a reply-less batch publish never sees: sent again, with a new batch id.
-        if code in (503, 429) or err_code in (DUPLICATE_IN_PROCESS, BATCH_INCOMPLETE):
-            raise _TransientError(ambiguous=err_code == DUPLICATE_IN_PROCESS)
+        if code in (503, 429) or err_code == DUPLICATE_IN_PROCESS:
+            raise TransientError(ambiguous=err_code == DUPLICATE_IN_PROCESS)
     return answer
 
 

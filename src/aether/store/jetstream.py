@@ -40,6 +40,7 @@ from aether.store import _rules
 from aether.store._cache import EMPTY, CacheEntry, KeyedLocks, VersionCache
 from aether.store._jsapi import (
     BATCH_DUPLICATE_MSG_ID,
+    BATCH_INCOMPLETE,
     NS_PER_SECOND,
     STREAM_CREATE_FAILED,
     STREAM_NAME_IN_USE,
@@ -48,6 +49,7 @@ from aether.store._jsapi import (
     WRONG_LAST_SEQUENCE_IN_FLIGHT,
     JsApi,
     StoredMsg,
+    TransientError,
     decode_answer,
     raise_for_error,
 )
@@ -262,9 +264,15 @@ class JetStreamEventStore:
         if len(events) > MAX_BATCH_SIZE:
             raise InvalidEventError(f"save_events takes at most {MAX_BATCH_SIZE} events")
         if len(events) > 1 and not self._atomic:
+            version = self._nc.connected_server_version
+            if (version.major, version.minor) >= _ATOMIC_SINCE:
+                raise UnsupportedServerError(
+                    f"stream {self._stream!r} does not allow atomic batch publish "
+                    "(allow_atomic); JetStreamEventStore.open enables it"
+                )
             raise UnsupportedServerError(
                 "save_events with several events needs nats-server >= 2.12 (atomic batch "
-                f"publish); connected to {self._nc.connected_server_version}"
+                f"publish); connected to {version}"
             )
         for event, payload in zip(events, payloads, strict=True):
             self._check_size(payload, event.id)
@@ -335,7 +343,7 @@ class JetStreamEventStore:
         ambiguous = False  # did an attempt time out, so that it may have landed?
         while True:
             if entry.event_id == last.id and entry.version == last.version:
-                self._cache.put(actor_id, entry)
+                self._cache.put_newer(actor_id, entry)
                 return  # already stored: by our own earlier attempt or a caller's retry
             try:
                 _rules.check_batch_versions(events, entry.version, expected_version)
@@ -347,7 +355,7 @@ class JetStreamEventStore:
                 if ambiguous and await self._find_landed(subject, last, first_known_seq):
                     self._cache.discard(actor_id)
                     return
-                self._cache.put(actor_id, entry)
+                self._cache.put_newer(actor_id, entry)
                 self._stats.conflicts += 1
                 raise
             answer, was_ambiguous = await self._publish(subject, events, payloads, entry.seq)
@@ -387,7 +395,15 @@ class JetStreamEventStore:
             }
             return await self._api.request(subject, payloads[0], headers)
 
+        # Non-final batch messages go without a reply subject (one round trip per batch),
+        # so when the server refuses one, the commit only says "batch incomplete" (nothing
+        # stored). Often that is a 429 (too many batches in flight), worth another try;
+        # but it may be permanent (a stream limit). So the next attempt asks for a reply
+        # to every message, and the real answer decides: retried or raised.
+        diagnose = False
+
         async def attempt() -> dict[str, Any]:
+            nonlocal diagnose
             # A fresh batch id per attempt: a retry re-sends the whole batch.
             batch_id = uuid.uuid4().hex
             last_index = len(payloads) - 1
@@ -399,14 +415,22 @@ class JetStreamEventStore:
                 }
                 if index == 0:
                     headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
-                if index < last_index:
+                if index < last_index and not diagnose:
                     await self._nc.publish(subject, payload, headers=headers)
-                else:
+                    continue
+                if index == last_index:
                     headers["Nats-Batch-Commit"] = "1"
-                    msg = await self._nc.request(
-                        subject, payload, timeout=self._api.request_timeout, headers=headers
-                    )
-                    return decode_answer(msg.data)
+                msg = await self._nc.request(
+                    subject, payload, timeout=self._api.request_timeout, headers=headers
+                )
+                if index < last_index and not msg.data:
+                    continue  # accepted: an empty reply
+                answer = decode_answer(msg.data)  # "not now" answers raise: tried again
+                error = answer.get("error")
+                if error is not None and error.get("err_code") == BATCH_INCOMPLETE:
+                    diagnose = True
+                    raise TransientError(ambiguous=False)
+                return answer
             raise AssertionError("unreachable: a batch has at least one event")
 
         return await self._api.until_known(attempt)
@@ -519,24 +543,21 @@ class JetStreamEventStore:
     async def _seek(self, actor_id: str, subject: str, from_version: int) -> int:
         """The stream sequence to replay from so as to see every ``version >= from_version``.
 
-        Why: replaying from a snapshot should cost the tail, not the whole history. An
-        actor's versions increase along its subject, so a binary search over stream
-        sequences with leader message gets (``next_by_subj``) finds the first message
-        with a version >= *from_version* in about log2(stream length) requests. Where
-        the order cannot be trusted (a malformed message met on the way), replay starts
-        at the beginning: the result is the same, only slower.
+        Why: replaying from a snapshot should cost the tail, not the whole history. A
+        snapshot read with :meth:`get_latest_snapshot` may carry the stream sequence of
+        its version (checked with one read before use). Otherwise, when more than
+        ``_SEEK_MIN_SKIP`` older events would be read past, an actor's versions
+        increasing along its subject let a binary search over stream sequences with
+        leader message gets (``next_by_subj``) find the first message with a version >=
+        *from_version* in about log2(stream length) requests. Where the order cannot be
+        trusted (a malformed message met on the way), replay starts at the beginning:
+        the result is the same, only slower.
         """
         if from_version <= 1:
             return 1
-        last = await self._api.last_msg(self._stream, subject)
-        tail = None if last is None else _decode(last, actor_id)
-        if last is None or not isinstance(tail, Event):
-            return 1
-        if tail.version < from_version:
-            return last.seq + 1  # nothing to read
-        low, high = 1, last.seq  # the answer lies in [low, high]; high's message qualifies
+        low = 1  # the answer lies in [low, high]; high's message qualifies
         mark = self._snapshot_marks.get(actor_id)
-        if mark is not None and mark.version < from_version and mark.seq < high:
+        if mark is not None and mark.version < from_version:
             # A snapshot read earlier says where its version sits; check it (the stream may
             # have been recreated since), then start after it or search from there.
             at = await self._api.get_msg(self._stream, {"seq": mark.seq})
@@ -547,6 +568,18 @@ class JetStreamEventStore:
                     return low
             else:
                 self._snapshot_marks.discard(actor_id)
+        skipped = from_version - 1 - (mark.version if low > 1 and mark is not None else 0)
+        if skipped <= _SEEK_MIN_SKIP:
+            # At most that many older events to read past: cheaper than ~log2(stream
+            # length) searching reads, which a busy stream makes slow.
+            return low
+        last = await self._api.last_msg(self._stream, subject)
+        tail = None if last is None else _decode(last, actor_id)
+        if last is None or not isinstance(tail, Event):
+            return 1
+        if tail.version < from_version:
+            return last.seq + 1  # nothing to read
+        high = last.seq
         while low < high:
             middle = (low + high) // 2
             probe = await self._api.get_msg(self._stream, {"seq": middle, "next_by_subj": subject})
@@ -654,6 +687,7 @@ def _decode_snapshot(msg: StoredMsg) -> ActorSnapshot | None:
 _CREATE_ATTEMPTS = 6
 _EVENT_SEQ_HEADER = "Aether-Event-Seq"
 _MAX_SNAPSHOT_MARKS = 10_000
+_SEEK_MIN_SKIP = 1000  # events; reading them costs about as much as a search
 
 
 class _CachedConflict(Exception):
