@@ -169,6 +169,14 @@ async def test_replay_after_a_snapshot_starts_where_the_snapshot_says(
     # Few older events to read past (no snapshot mark for "b"): no search at all.
     assert [e.version for e in await reader.get_events("b", 995)] == list(range(995, 2001))
     assert gets == 0
+    # A snapshot of an older version, written by a store with a cold cache, finds its
+    # mark once when it is saved; loading after it then needs no search either.
+    cold = await open_store()
+    await cold.save_snapshot(ActorSnapshot("b", 1500, {}))
+    assert await reader.get_latest_snapshot("b") is not None
+    gets = 0
+    assert [e.version for e in await reader.get_events("b", 1501)] == list(range(1501, 2001))
+    assert gets == 1
 
     # The events stream is recreated behind the snapshot's back: the mark no longer
     # points at version 2000, so it is dropped and the replay searches instead.

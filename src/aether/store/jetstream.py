@@ -613,17 +613,18 @@ class JetStreamEventStore:
         """Store *snapshot* unless the stored one is as new or newer.
 
         A compare-and-set on the snapshot subject's sequence, so concurrent writers in
-        any process can never replace a newer snapshot with an older one.
+        any process can never replace a newer snapshot with an older one. The snapshot
+        also records the stream sequence of its version's event (free when it is the
+        latest one this store wrote or read; otherwise found once here), so that loading
+        the events after it never has to search.
         """
         payload = _rules.encode_snapshot(snapshot)
         self._check_size(payload)
         subject = self._snapshot_prefix + encode_actor_id(snapshot.actor_id)
-        mark: dict[str, str] = {}
-        entry = self._cache.get(snapshot.actor_id)
-        if entry is not None and entry.version == snapshot.version and entry.seq > 0:
-            # Where the snapshot's version sits in the event stream, so that a replay of
-            # the events after it can start there instead of searching (a hint: checked).
-            mark[_EVENT_SEQ_HEADER] = str(entry.seq)
+        # Where the snapshot's version sits in the event stream, so that every replay of
+        # the events after it can start there instead of searching (a hint: checked).
+        seq = await self._event_seq_of(snapshot.actor_id, snapshot.version)
+        mark = {} if seq is None else {_EVENT_SEQ_HEADER: str(seq)}
         while True:
             current = await self._api.last_msg(self._snapshot_stream, subject)
             if current is not None:
@@ -643,6 +644,20 @@ class JetStreamEventStore:
                 raise_for_error(answer)
             # Another writer stored a snapshot meanwhile: compare against it.
             await _pause_if_in_flight(code)
+
+    async def _event_seq_of(self, actor_id: str, version: int) -> int | None:
+        """The stream sequence of the actor's event *version*: from the cache when it is
+        the latest (free), else found with the replay's seek; None if not found."""
+        entry = self._cache.get(actor_id)
+        if entry is not None and entry.version == version and entry.event_id is not None:
+            return entry.seq
+        subject = self.subject_for(actor_id)
+        start = await self._seek(actor_id, subject, version)
+        found = await self._api.get_msg(self._stream, {"seq": start, "next_by_subj": subject})
+        event = None if found is None else _decode(found, actor_id)
+        if found is not None and isinstance(event, Event) and event.version == version:
+            return found.seq
+        return None
 
     async def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         """The newest snapshot, or None (also if the stored one is malformed)."""
