@@ -621,16 +621,19 @@ class JetStreamEventStore:
         payload = _rules.encode_snapshot(snapshot)
         self._check_size(payload)
         subject = self._snapshot_prefix + encode_actor_id(snapshot.actor_id)
-        # Where the snapshot's version sits in the event stream, so that every replay of
-        # the events after it can start there instead of searching (a hint: checked).
-        seq = await self._event_seq_of(snapshot.actor_id, snapshot.version)
-        mark = {} if seq is None else {_EVENT_SEQ_HEADER: str(seq)}
+        mark: dict[str, str] | None = None
         while True:
             current = await self._api.last_msg(self._snapshot_stream, subject)
             if current is not None:
                 stored = _decode_snapshot(current)
                 if stored is not None and stored.version >= snapshot.version:
                     return
+            if mark is None:
+                # Where the snapshot's version sits in the event stream, so that every
+                # replay of the events after it can start there instead of searching (a
+                # hint: checked before use). Found once, and only if the snapshot is new.
+                seq = await self._event_seq_of(snapshot.actor_id, snapshot.version)
+                mark = {} if seq is None else {_EVENT_SEQ_HEADER: str(seq)}
             headers = {
                 "Nats-Expected-Last-Subject-Sequence": str(current.seq if current else 0),
                 **mark,
