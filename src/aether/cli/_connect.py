@@ -45,7 +45,6 @@ __all__ = [
     "connection_options",
     "embedded_or_url",
     "session",
-    "url_option",
 ]
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -218,17 +217,6 @@ def _check_combination(conn: ConnectionSettings) -> None:
         raise click.UsageError("--password needs --user")
     if conn.token and conn.user is not None:
         raise click.UsageError("use either --token or --user/--password, not both")
-
-
-def url_option(help_text: str) -> Callable[[_F], _F]:
-    """A lone ``--url`` option (falls back to ``$NATS_URL``); see :func:`connection_options`."""
-    return click.option(
-        "--url",
-        envvar="NATS_URL",
-        default=None,
-        metavar="URL",
-        help=help_text,
-    )
 
 
 @dataclass(frozen=True)
