@@ -92,3 +92,23 @@ class JetStreamError(AetherError):
 
     def __reduce__(self) -> tuple[type[JetStreamError], tuple[int, int, str]]:
         return (type(self), (self.code, self.err_code, self.description))
+
+
+class UnsuitableStreamError(AetherError):
+    """An existing stream has a setting under which the store cannot keep its contract.
+
+    Raised by ``JetStreamEventStore.open``/``attach`` before anything is written or
+    changed. ``stream_name`` is the JetStream stream, ``setting`` the stream setting at
+    fault (``"retention"``, ``"max_msgs_per_subject"``, ``"discard"``,
+    ``"duplicate_window"``, ``"subjects"``, ``"mirror"``, ``"sealed"``, ...); the message
+    says what the store requires. Change the stream (or use another one) and open again.
+    """
+
+    def __init__(self, stream_name: str, setting: str, message: str) -> None:
+        self.stream_name = stream_name
+        self.setting = setting
+        self.reason = message
+        super().__init__(f"stream {stream_name!r} is unsuitable for aether: {setting}: {message}")
+
+    def __reduce__(self) -> tuple[type[UnsuitableStreamError], tuple[str, str, str]]:
+        return (type(self), (self.stream_name, self.setting, self.reason))

@@ -3,7 +3,9 @@
 ``--stream`` (default ``events``, the store's default) and ``--namespace`` name a store's
 stream exactly as ``JetStreamEventStore.open(nc, stream, JetStreamConfig(namespace=...))``
 does (:func:`~aether.store._subjects.real_stream_name`). A stream listed by
-``aether streams`` without a namespace can also be named by its JetStream name alone.
+``aether streams`` can also be named by its JetStream name alone, without
+``--namespace``: ``tenant-a__bank`` is stream ``bank`` in namespace ``tenant-a``
+(:func:`~aether.store._subjects.parse_stream_name`).
 
 Inspection commands must not create or reconfigure streams (``open()`` creates missing
 streams and may update an existing one; an operator's read-only user may not even be
@@ -28,7 +30,7 @@ from aether import _json
 from aether.errors import AetherError, JetStreamError, StreamNotFoundError
 from aether.store import JetStreamConfig, JetStreamEventStore
 from aether.store._jsapi import API, JsApi
-from aether.store._subjects import real_stream_name
+from aether.store._subjects import parse_stream_name, real_stream_name
 
 from ._errors import CliError, NotFoundError
 
@@ -60,7 +62,10 @@ class StreamRef:
 
     @property
     def real(self) -> str:
-        """The JetStream stream name (``<namespace>_<name>``, namespace sanitised)."""
+        """The JetStream stream name: *name* alone, or ``<escaped namespace>__<name>``
+        (:func:`~aether.store._subjects.real_stream_name`). A store on a stream made by an
+        older aether (``<sanitised namespace>_<name>``) uses that one instead: prefer the
+        attached store's ``stream_name``."""
         return real_stream_name(self.namespace, self.name)
 
     @property
@@ -69,7 +74,7 @@ class StreamRef:
         return f"{self.real}.events.>"
 
     def describe(self) -> str:
-        """``'events'``, or ``'bank' in namespace 'ns' (JetStream stream 'ns_bank')``."""
+        """``'events'``, or ``'bank' in namespace 'ns' (JetStream stream 'ns__bank')``."""
         if not self.namespace:
             return repr(self.name)
         return f"{self.name!r} in namespace {self.namespace!r} (JetStream stream {self.real!r})"
@@ -77,10 +82,28 @@ class StreamRef:
 
 def _check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
-        real_stream_name("", value)
+        parse_stream_name(value)  # a store's stream name, or a namespaced JetStream name
     except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        reason = exc
+        if "__" not in value:  # not meant as a JetStream name: say what a name must be
+            try:
+                real_stream_name("", value)
+            except ValueError as plain:
+                reason = plain
+        raise click.BadParameter(str(reason), ctx=ctx, param=param) from None
     return value
+
+
+def _stream_ref(stream: str, namespace: str) -> StreamRef:
+    """The store named by ``--stream``/``--namespace``; without a namespace, the stream may
+    be a namespaced store's JetStream name (``<escaped namespace>__<name>``)."""
+    if not namespace:
+        namespace, stream = parse_stream_name(stream)  # checked by _check_name
+    try:
+        real_stream_name(namespace, stream)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--stream' / '--namespace'") from None
+    return StreamRef(stream, namespace)
 
 
 def stream_options(*, argument: bool = False) -> Callable[[_F], _F]:
@@ -92,7 +115,7 @@ def stream_options(*, argument: bool = False) -> Callable[[_F], _F]:
     def decorate(func: _F) -> _F:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> object:
-            ref = StreamRef(kwargs.pop("stream"), kwargs.pop("namespace"))
+            ref = _stream_ref(kwargs.pop("stream"), kwargs.pop("namespace"))
             return func(*args, ref=ref, **kwargs)
 
         namespace = click.option(
