@@ -18,6 +18,7 @@ import nats.js.errors
 import pytest
 from click.testing import CliRunner, Result
 from nats.aio.client import Client
+from nats.js.api import RetentionPolicy
 
 from aether import (
     ActorSnapshot,
@@ -25,7 +26,10 @@ from aether import (
     EventTooLargeError,
     InvalidEventError,
     JetStreamError,
+    JetStreamNotEnabledError,
     StoreUnavailableError,
+    StreamNotFoundError,
+    UnsuitableStreamError,
     UnsupportedServerError,
     VersionConflictError,
 )
@@ -41,7 +45,7 @@ from aether.cli._errors import (
 )
 from aether.cli.actors import actor_id_of
 from aether.cli.streams import classify
-from aether.store import JetStreamConfig, JetStreamEventStore
+from aether.store import InvalidConfigError, JetStreamConfig, JetStreamEventStore
 from aether.store._subjects import encode_actor_id
 from aether.testing import NatsServer
 
@@ -198,17 +202,18 @@ def test_streams_lists_aether_streams_with_their_counts(streams: Streams, nats_u
 
     run(setup)
     rows = {row["stream"]: row for row in json_lines(aether("streams", "--json", url=nats_url))}
-    assert rows[f"tenant_a_{bank}"] == {
-        "stream": f"tenant_a_{bank}",
-        "namespace": "tenant_a",
+    real = f"tenant_20a__{bank}"  # the namespace escaped like an actor id, then "__"
+    assert rows[real] == {
+        "stream": real,
+        "namespace": "tenant a",  # as given: what --namespace takes
         "name": bank,
         "actors": 2,
         "events": 3,
-        "bytes": rows[f"tenant_a_{bank}"]["bytes"],
+        "bytes": rows[real]["bytes"],
         "snapshots": 1,
         "metadata": True,
     }
-    assert rows[f"tenant_a_{bank}"]["bytes"] > 0
+    assert rows[real]["bytes"] > 0
     assert rows[legacy]["metadata"] is False
     assert (rows[legacy]["namespace"], rows[legacy]["name"], rows[legacy]["events"]) == (
         "",
@@ -221,7 +226,10 @@ def test_streams_lists_aether_streams_with_their_counts(streams: Streams, nats_u
     table = aether("streams", url=nats_url)
     assert table.exit_code == 0, table.output
     line = next(line for line in table.stdout.splitlines() if bank in line)
-    assert line.split()[:5] == ["tenant_a", bank, f"tenant_a_{bank}", "2", "3"]
+    assert line.split()[:6] == ["tenant", "a", bank, real, "2", "3"]
+    # the row names the store for the other commands
+    listed = aether("events", "a", "-N", "tenant a", "-s", bank, "--json", url=nats_url)
+    assert [e["version"] for e in json_lines(listed)] == [1, 2]
 
 
 def test_classify_ignores_snapshot_and_foreign_streams() -> None:
@@ -375,10 +383,78 @@ def test_events_in_a_namespace(streams: Streams, nats_url: str) -> None:
     result = aether("events", "acc", "-s", name, "--namespace", "tenant-a", "--json", url=nats_url)
     assert [e["version"] for e in json_lines(result)] == [1]
     # the same stream, named by its JetStream name
-    result = aether("events", "acc", "-s", f"tenant-a_{name}", "--json", url=nats_url)
+    result = aether("events", "acc", "-s", f"tenant-a__{name}", "--json", url=nats_url)
     assert [e["version"] for e in json_lines(result)] == [1]
     other = aether("events", "acc", "-s", name, "--namespace", "tenant-b", url=nats_url)
-    assert_one_line_error(other, EXIT_NOT_FOUND, "namespace 'tenant-b'", "not found")
+    assert_one_line_error(
+        other, EXIT_NOT_FOUND, "namespace 'tenant-b'", f"'tenant-b__{name}'", "not found"
+    )
+    # the old name of the same store (<namespace>_<name>) is another stream: none here
+    old = aether("events", "acc", "-s", f"tenant-a_{name}", url=nats_url)
+    assert_one_line_error(old, EXIT_NOT_FOUND, f"'tenant-a_{name}'", "not found")
+
+
+async def _create_legacy_streams(nc: Client, namespace: str, name: str) -> str:
+    """The streams an aether before the injective names made for (namespace, name):
+    ``<namespace>_<name>`` (a namespace that needed no sanitising), with its metadata."""
+    legacy = f"{namespace}_{name}"
+    for stream, kind, extra in (
+        (legacy, "events", {"duplicate_window": 120 * 10**9}),
+        (f"{legacy}_snapshots", "snapshots", {"max_msgs_per_subject": 1}),
+    ):
+        body = {
+            "name": stream,
+            "subjects": [f"{legacy}.{kind}.>"],
+            "metadata": {"aether.kind": kind, "aether.namespace": namespace, "aether.stream": name},
+            **extra,
+        }
+        answer = await nc.request(f"$JS.API.STREAM.CREATE.{stream}", json.dumps(body).encode())
+        assert "error" not in json.loads(answer.data), answer.data
+    return legacy
+
+
+def test_commands_use_a_stream_made_by_an_older_version(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+    legacy = f"tenant-b_{name}"
+    streams.created.append(legacy)
+
+    async def setup() -> None:
+        async with await nats.connect(nats_url) as nc:
+            await _create_legacy_streams(nc, "tenant-b", name)
+
+    run(setup)
+    ns = ("-N", "tenant-b")
+    appended = aether("append", "acc", "Opened", "-s", name, *ns, url=nats_url)
+    assert appended.exit_code == 0, appended.output
+    assert f"(JetStream stream '{legacy}')" in appended.stdout
+
+    async def check_and_snapshot() -> None:
+        async with await nats.connect(nats_url) as nc:
+            js = nc.jetstream()
+            assert (await js.stream_info(legacy)).state.messages == 1
+            with pytest.raises(nats.js.errors.NotFoundError):
+                await js.stream_info(f"tenant-b__{name}")  # nothing new was created
+            config = JetStreamConfig(namespace="tenant-b")
+            async with await JetStreamEventStore.attach(nc, name, config) as store:
+                await store.save_snapshot(ActorSnapshot("acc", 1, {"open": True}))
+
+    run(check_and_snapshot)
+    rows = {row["stream"]: row for row in json_lines(aether("streams", "--json", url=nats_url))}
+    assert (rows[legacy]["namespace"], rows[legacy]["name"]) == ("tenant-b", name)
+    assert (rows[legacy]["events"], rows[legacy]["snapshots"]) == (1, 1)
+    events = aether("events", "acc", "-s", name, *ns, "--json", url=nats_url)
+    assert [e["eventType"] for e in json_lines(events)] == ["Opened"]
+    actors = aether("actors", name, *ns, "--json", url=nats_url)
+    assert json_lines(actors) == [{"actor": "acc", "version": 1, "events": 1}]
+    tail = aether("tail", "-s", name, *ns, "--from-start", "-n", "1", "--json", url=nats_url)
+    assert [e["eventType"] for e in json_lines(tail)] == ["Opened"]
+    assert f"'{legacy}'" in tail.stderr
+    snapshot = aether("snapshot", "acc", "-s", name, *ns, "--json", url=nats_url)
+    assert snapshot.exit_code == 0, snapshot.output
+    assert ActorSnapshot.from_json(snapshot.stdout).state == {"open": True}
+    # named by its JetStream name, the stream is another pair's: refused, never used
+    by_name = aether("events", "acc", "-s", legacy, url=nats_url)
+    assert_one_line_error(by_name, 1, f"stream '{legacy}' is another store's", "'tenant-b'")
 
 
 def test_events_reports_malformed_messages(streams: Streams, nats_url: str) -> None:
@@ -425,10 +501,33 @@ def test_a_stream_that_is_not_aethers_is_refused(streams: Streams, nats_url: str
     assert_one_line_error(result, 1, "is not an aether event stream")
 
 
-def test_a_bad_stream_name_is_a_usage_error() -> None:
-    result = aether("events", "acc", "--stream", "a.b", url=UNREACHABLE)
+def test_a_stream_aether_cannot_use_is_refused(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+
+    async def setup() -> None:
+        async with await nats.connect(nats_url) as nc:
+            js = nc.jetstream()
+            await js.add_stream(
+                name=name, subjects=[f"{name}.events.>"], retention=RetentionPolicy.INTEREST
+            )
+
+    run(setup)
+    for args in (("events", "acc"), ("append", "acc", "T")):
+        result = aether(*args, "-s", name, url=nats_url)
+        assert_one_line_error(
+            result, 1, f"stream {name!r} is unsuitable for aether: retention", "'limits'"
+        )
+
+
+@pytest.mark.parametrize(
+    ("stream", "reason"),
+    [("a.b", "letters, digits"), ("bank_snapshots", "'_snapshots'"), ("bank_", "'__'")],
+)
+def test_a_bad_stream_name_is_a_usage_error(stream: str, reason: str) -> None:
+    result = aether("events", "acc", "--stream", stream, url=UNREACHABLE)
     assert result.exit_code == 2
     assert "Invalid value for '--stream'" in result.stderr
+    assert reason in result.stderr
 
 
 # -- append -----------------------------------------------------------------------------------
@@ -624,6 +723,18 @@ def test_a_server_without_jetstream_fails_at_once() -> None:
         (StoreUnavailableError("gone"), EXIT_UNAVAILABLE, "no answer from JetStream: gone"),
         (JetStreamError(404, 10059, "stream not found"), EXIT_NOT_FOUND, "stream not found"),
         (JetStreamError(500, 10001, "boom"), 1, "JetStream error: boom (code 500/10001)"),
+        (StreamNotFoundError("ns__s"), EXIT_NOT_FOUND, "stream 'ns__s' not found"),
+        (
+            UnsuitableStreamError("s", "retention", "is 'interest'; aether needs 'limits'"),
+            1,
+            "stream 's' is unsuitable for aether: retention: is 'interest'",
+        ),
+        (
+            InvalidConfigError("namespace", "is too long"),
+            EXIT_INVALID,
+            "JetStreamConfig.namespace is too long",
+        ),
+        (JetStreamNotEnabledError("jetstream not enabled"), 1, "JetStream is not available"),
         (UnsupportedServerError("too old"), 1, "too old"),
         (nats.errors.TimeoutError(), 1, "NATS error: timeout"),
     ],

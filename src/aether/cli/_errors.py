@@ -10,12 +10,14 @@ Exit codes:
 
 ====  ==========================================================================
 0     success
-1     the command failed (any other JetStream or NATS error; the demo's audit failed)
+1     the command failed (any other JetStream or NATS error; the server has no JetStream;
+      an existing stream aether cannot use; the demo's audit failed)
 2     cannot connect: server unreachable, authorization refused, unusable TLS or
       credentials files; also click's own usage errors (unknown option, bad value)
 3     not found: stream, actor or snapshot
 4     version conflict (the message names the actor's current version)
-5     invalid input: ``--data`` not JSON or not an object, an event the store refuses
+5     invalid input: ``--data`` not JSON or not an object, an event the store refuses,
+      a store configuration it refuses
 6     no answer from JetStream in time: the outcome of a write is unknown
 ====  ==========================================================================
 """
@@ -32,10 +34,14 @@ from aether.errors import (
     AetherError,
     InvalidEventError,
     JetStreamError,
+    JetStreamNotEnabledError,
     StoreUnavailableError,
+    StreamNotFoundError,
+    UnsuitableStreamError,
     VersionConflictError,
 )
 from aether.store._jsapi import STREAM_NOT_FOUND
+from aether.store.config import InvalidConfigError
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -64,11 +70,11 @@ EXIT_UNAVAILABLE = 6
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  success
-  1  the command failed
+  1  the command failed (also: no JetStream, a stream aether cannot use)
   2  cannot connect (unreachable, refused, bad TLS/creds files); usage error
   3  not found: stream, actor or snapshot
   4  version conflict
-  5  invalid input (--data, event)
+  5  invalid input (--data, event, store configuration)
   6  no answer from JetStream in time (a write's outcome is unknown)
 """
 
@@ -120,10 +126,18 @@ def translate_errors() -> Iterator[None]:
         yield
     except VersionConflictError as exc:
         raise ConflictError(str(exc)) from None
-    except InvalidEventError as exc:
+    except (InvalidEventError, InvalidConfigError) as exc:
         raise InvalidInputError(str(exc)) from None
     except StoreUnavailableError as exc:
         raise UnavailableError(f"no answer from JetStream: {exc}") from None
+    except StreamNotFoundError as exc:
+        raise NotFoundError(
+            f"stream {exc.stream_name!r} not found (`aether streams` lists the event streams)"
+        ) from None
+    except UnsuitableStreamError as exc:
+        raise CliError(f"{exc} (the stream is left as it is)") from None
+    except JetStreamNotEnabledError as exc:
+        raise CliError(f"JetStream is not available: {exc}") from None
     except JetStreamError as exc:
         if exc.err_code == STREAM_NOT_FOUND:
             raise NotFoundError(f"stream not found: {exc.description}") from None

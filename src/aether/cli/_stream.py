@@ -5,13 +5,16 @@ stream exactly as ``JetStreamEventStore.open(nc, stream, JetStreamConfig(namespa
 does (:func:`~aether.store._subjects.real_stream_name`). A stream listed by
 ``aether streams`` can also be named by its JetStream name alone, without
 ``--namespace``: ``tenant-a__bank`` is stream ``bank`` in namespace ``tenant-a``
-(:func:`~aether.store._subjects.parse_stream_name`).
+(:func:`~aether.store._subjects.parse_stream_name`). A store may use a stream made by an
+older aether (``<sanitised namespace>_<name>``, when its metadata names exactly this
+pair), so commands take the stream name and subjects from the attached store
+(:class:`OpenStream`), never from the namespace.
 
 Inspection commands must not create or reconfigure streams (``open()`` creates missing
 streams and may update an existing one; an operator's read-only user may not even be
 allowed to), and a typo in ``--stream`` must say "not found" rather than create an empty
 stream. :func:`attach` therefore uses ``JetStreamEventStore.attach``, which checks
-that the stream exists and holds aether's subjects and creates nothing.
+that the stream exists and is usable by aether, and creates nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from aether import _json
-from aether.errors import AetherError, JetStreamError, StreamNotFoundError
+from aether.errors import StreamNotFoundError, UnsuitableStreamError
 from aether.store import JetStreamConfig, JetStreamEventStore
 from aether.store._jsapi import API, JsApi
 from aether.store._subjects import parse_stream_name, real_stream_name
@@ -62,22 +65,21 @@ class StreamRef:
 
     @property
     def real(self) -> str:
-        """The JetStream stream name: *name* alone, or ``<escaped namespace>__<name>``
-        (:func:`~aether.store._subjects.real_stream_name`). A store on a stream made by an
-        older aether (``<sanitised namespace>_<name>``) uses that one instead: prefer the
-        attached store's ``stream_name``."""
+        """The JetStream stream ``open`` would create: *name* alone, or ``<escaped
+        namespace>__<name>`` (:func:`~aether.store._subjects.real_stream_name`). A store on
+        a stream made by an older aether (``<sanitised namespace>_<name>``) uses that one
+        instead: once attached, use the store's ``stream_name``."""
         return real_stream_name(self.namespace, self.name)
 
-    @property
-    def event_subjects(self) -> str:
-        """The wildcard subject of every actor's events in this stream."""
-        return f"{self.real}.events.>"
+    def describe(self, stream_name: str | None = None) -> str:
+        """``'events'``, or ``'bank' in namespace 'ns' (JetStream stream 'ns__bank')``.
 
-    def describe(self) -> str:
-        """``'events'``, or ``'bank' in namespace 'ns' (JetStream stream 'ns__bank')``."""
-        if not self.namespace:
+        *stream_name*: the attached store's real stream (default: :attr:`real`)."""
+        real = stream_name or self.real
+        if not self.namespace and real == self.name:
             return repr(self.name)
-        return f"{self.name!r} in namespace {self.namespace!r} (JetStream stream {self.real!r})"
+        where = f" in namespace {self.namespace!r}" if self.namespace else ""
+        return f"{self.name!r}{where} (JetStream stream {real!r})"
 
 
 def _check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -146,10 +148,33 @@ def stream_options(*, argument: bool = False) -> Callable[[_F], _F]:
 
 @dataclass(frozen=True)
 class OpenStream:
-    """A store on an existing stream, and JetStream API calls for what the store lacks."""
+    """A store on an existing stream, and JetStream API calls for what the store lacks.
+
+    Subjects and stream names come from the store (``stream_name``), never rebuilt from
+    the namespace: a stream made by an older aether has another name."""
 
     store: JetStreamEventStore
     api: JsApi
+    ref: StreamRef
+
+    @property
+    def stream_name(self) -> str:
+        """The JetStream stream holding the events."""
+        return self.store.stream_name
+
+    @property
+    def event_prefix(self) -> str:
+        """``<stream>.events.``: an actor's subject is this and its encoded id."""
+        return f"{self.store.stream_name}.events."
+
+    @property
+    def event_subjects(self) -> str:
+        """The wildcard subject of every actor's events in the stream."""
+        return f"{self.event_prefix}>"
+
+    def describe(self) -> str:
+        """The stream for messages (see :meth:`StreamRef.describe`)."""
+        return self.ref.describe(self.store.stream_name)
 
 
 def cli_api(nc: Client) -> JsApi:
@@ -188,7 +213,8 @@ async def attach(nc: Client, ref: StreamRef, *, create: bool = False) -> OpenStr
 
     Raises NotFoundError (exit 3) if the stream does not exist, unless *create* is set:
     then the store is opened normally, which creates it. Raises CliError if the stream
-    is not an aether event stream.
+    is not an aether event stream (or another pair's); other refusals of an existing
+    stream (UnsuitableStreamError) are left to :func:`~._errors.translate_errors`.
     """
     config = JetStreamConfig(namespace=ref.namespace, **_timeouts(CLI_STORE_CONFIG))
     await check_jetstream(nc)
@@ -200,11 +226,18 @@ async def attach(nc: Client, ref: StreamRef, *, create: bool = False) -> OpenStr
                 f"stream {ref.describe()} not found (`aether streams` lists the event streams)"
             ) from None
         store = await JetStreamEventStore.open(nc, ref.name, config)
-    except JetStreamError:
+    except UnsuitableStreamError as exc:
+        if exc.setting == "subjects":
+            raise CliError(
+                f"stream {exc.stream_name!r} is not an aether event stream: {exc.reason}"
+            ) from None
+        if exc.setting == "metadata":
+            raise CliError(
+                f"stream {exc.stream_name!r} is another store's: {exc.reason} (name it "
+                "with the --namespace and --stream `aether streams` shows)"
+            ) from None
         raise
-    except AetherError as exc:
-        raise CliError(f"stream {ref.real!r} is not an aether event stream: {exc}") from None
-    return OpenStream(store, cli_api(nc))
+    return OpenStream(store, cli_api(nc), ref)
 
 
 def _timeouts(config: JetStreamConfig) -> dict[str, Any]:

@@ -17,12 +17,11 @@ from dataclasses import asdict, dataclass
 import click
 
 from aether.store import JetStreamEventStore
-from aether.store._jsapi import JsApi
 from aether.store._subjects import decode_actor_token, encode_actor_id
 
 from ._connect import ConnectionSettings, connection_options, session
 from ._output import echo_json, make_table, note, print_table
-from ._stream import StreamRef, attach, stream_options
+from ._stream import OpenStream, StreamRef, attach, stream_options
 
 __all__ = ["ActorRow", "actor_id_of", "actors"]
 
@@ -42,6 +41,7 @@ class _Listing:
     rows: list[ActorRow]
     matching: int  # actors matching the prefix, before the limit
     foreign: int  # subjects that are not an encoded actor id
+    stream: str  # the stream, described for messages
 
 
 @click.command()
@@ -77,7 +77,7 @@ def actors(
         )
     if not listing.matching:
         matching = f" whose id starts with {prefix!r}" if prefix else ""
-        note(f"no actors{matching} in stream {ref.describe()}")
+        note(f"no actors{matching} in stream {listing.stream}")
     elif len(listing.rows) < listing.matching:
         note(
             f"showing {len(listing.rows):,} of {listing.matching:,} actors (sorted by id); "
@@ -90,8 +90,8 @@ def actors(
 async def _list(conn: ConnectionSettings, ref: StreamRef, prefix: str, limit: int) -> _Listing:
     async with session(conn, name="aether-actors") as nc:
         opened = await attach(nc, ref)
-        counts = await _subject_counts(opened.api, ref)
-        token_start = len(ref.event_subjects) - 1  # "<stream>.events." without the ">"
+        counts = await _subject_counts(opened)
+        token_start = len(opened.event_prefix)
         found: dict[str, int] = {}
         foreign = 0
         for subject, count in counts.items():
@@ -105,16 +105,18 @@ async def _list(conn: ConnectionSettings, ref: StreamRef, prefix: str, limit: in
             shown = shown[:limit]
         versions = await _latest_versions(opened.store, shown)
         rows = [ActorRow(a, v, found[a]) for a, v in zip(shown, versions, strict=True)]
-        return _Listing(rows, len(found), foreign)
+        return _Listing(rows, len(found), foreign, opened.describe())
 
 
-async def _subject_counts(api: JsApi, ref: StreamRef) -> dict[str, int]:
+async def _subject_counts(opened: OpenStream) -> dict[str, int]:
     """Every event subject of the stream and its message count, following the pages."""
     counts: dict[str, int] = {}
+    stream = opened.stream_name
     while True:
-        answer = await api.call(
-            f"STREAM.INFO.{ref.real}",
-            {"subjects_filter": ref.event_subjects, "offset": len(counts)},
+        answer = await opened.api.call(
+            f"STREAM.INFO.{stream}",
+            {"subjects_filter": opened.event_subjects, "offset": len(counts)},
+            stream=stream,
         )
         page = (answer.get("state") or {}).get("subjects") or {}
         counts.update(page)

@@ -91,23 +91,26 @@ def append(
         command_id=command_id,
     )
     event.to_json()  # validate before connecting (InvalidEventError: exit 5)
-    stored = asyncio.run(_append(conn, ref, event, explicit=version is not None, create=create))
+    stored, stream = asyncio.run(
+        _append(conn, ref, event, explicit=version is not None, create=create)
+    )
     if as_json:
         echo_json(stored.to_json())
     else:
         click.echo(
             f"stored {stored.event_type} as version {stored.version} of actor "
-            f"{stored.actor_id!r} in stream {ref.describe()}"
+            f"{stored.actor_id!r} in stream {stream}"
         )
 
 
 async def _append(
     conn: ConnectionSettings, ref: StreamRef, event: Event, *, explicit: bool, create: bool
-) -> Event:
+) -> tuple[Event, str]:
+    """The stored event and its stream, described for messages."""
     async with session(conn, name="aether-append") as nc:
-        store = (await attach(nc, ref, create=create)).store
+        opened = await attach(nc, ref, create=create)
         try:
-            return await _save(store, event, explicit)
+            return await _save(opened.store, event, explicit), opened.describe()
         except StoreUnavailableError as exc:
             raise UnavailableError(
                 f"{exc}; the event (id {event.id}) may or may not be stored: "

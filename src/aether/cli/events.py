@@ -13,8 +13,6 @@ import asyncio
 import click
 from rich.text import Text
 
-from aether.store import JetStreamEventStore
-
 from ._connect import ConnectionSettings, connection_options, session
 from ._errors import NotFoundError
 from ._output import (
@@ -25,7 +23,7 @@ from ._output import (
     note,
     print_table,
 )
-from ._stream import StreamRef, attach, stream_options
+from ._stream import OpenStream, StreamRef, attach, stream_options
 
 __all__ = ["events"]
 
@@ -58,18 +56,19 @@ async def _show(
     conn: ConnectionSettings, actor: str, ref: StreamRef, from_version: int, as_json: bool
 ) -> None:
     async with session(conn, name="aether-events") as nc:
-        store = (await attach(nc, ref)).store
+        opened = await attach(nc, ref)
+        store = opened.store
         if as_json:
             shown = 0
             async for event in store.iter_events(actor, from_version):
                 echo_json(event.to_json())
                 shown += 1
             if not shown:
-                await _check_known(store, actor, ref)
+                await _check_known(opened, actor)
             return
         result = await store.get_events_with_errors(actor, from_version)
         if not result.events and not result.errors:
-            await _check_known(store, actor, ref)
+            await _check_known(opened, actor)
     if result.events:
         print_table(
             make_table("version", "type", "time", "data", right=("version",)),
@@ -89,7 +88,7 @@ async def _show(
         note(f"skipped malformed message at stream sequence {error.sequence_number}: {error.error}")
 
 
-async def _check_known(store: JetStreamEventStore, actor: str, ref: StreamRef) -> None:
+async def _check_known(opened: OpenStream, actor: str) -> None:
     """Raise NotFoundError if *actor* has nothing stored at all."""
-    if await store.get_latest_version(actor) == 0:
-        raise NotFoundError(f"actor {actor!r} has no events in stream {ref.describe()}")
+    if await opened.store.get_latest_version(actor) == 0:
+        raise NotFoundError(f"actor {actor!r} has no events in stream {opened.describe()}")

@@ -12,9 +12,8 @@ import json
 import click
 from rich.table import Table
 
-from aether.errors import JetStreamError
+from aether.errors import StreamNotFoundError
 from aether.event import ActorSnapshot
-from aether.store._jsapi import STREAM_NOT_FOUND
 
 from ._connect import ConnectionSettings, connection_options, session
 from ._errors import NotFoundError
@@ -55,13 +54,14 @@ def snapshot(conn: ConnectionSettings, actor: str, ref: StreamRef, as_json: bool
 
 async def _read(conn: ConnectionSettings, actor: str, ref: StreamRef) -> tuple[ActorSnapshot, int]:
     async with session(conn, name="aether-snapshot") as nc:
-        store = (await attach(nc, ref)).store
+        opened = await attach(nc, ref)
+        store = opened.store
         try:
             found = await store.get_latest_snapshot(actor)
-        except JetStreamError as exc:
-            if exc.err_code != STREAM_NOT_FOUND:
+        except StreamNotFoundError as exc:
+            if exc.stream_name == store.stream_name:
                 raise
             found = None  # a stream created without aether's snapshot stream
         if found is None:
-            raise NotFoundError(f"actor {actor!r} has no snapshot in stream {ref.describe()}")
+            raise NotFoundError(f"actor {actor!r} has no snapshot in stream {opened.describe()}")
         return found, await store.get_latest_version(actor)

@@ -4,6 +4,11 @@ A stream is aether's if its metadata says ``aether.kind = events`` (every stream
 has created since it writes metadata); a stream without aether metadata counts if its
 only subjects are ``<name>.events.>`` (older aether, Go Aether). Snapshot streams are not
 listed on their own: their snapshot count is shown next to their event stream.
+
+The namespace and name shown are the metadata's: the pair a store was opened with (its
+JetStream name is ``<escaped namespace>__<name>``, or ``<sanitised namespace>_<name>`` for
+a stream made by an older aether, whose metadata holds the sanitised namespace), which
+the other commands take as ``--namespace`` and ``--stream``.
 """
 
 from __future__ import annotations
@@ -16,15 +21,13 @@ from typing import Any
 import click
 
 from aether.store._jsapi import JsApi
-from aether.store._subjects import META_KIND, META_NAMESPACE, META_STREAM
+from aether.store._subjects import META_KIND, META_NAMESPACE, META_STREAM, SNAPSHOTS_SUFFIX
 
 from ._connect import ConnectionSettings, connection_options, session
 from ._output import echo_json, human_bytes, make_table, note, print_table
 from ._stream import check_jetstream, cli_api
 
 __all__ = ["StreamRow", "classify", "streams"]
-
-_SNAPSHOTS_SUFFIX = "_snapshots"
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,9 @@ def classify(infos: list[dict[str, Any]]) -> list[StreamRow]:
         metadata: Mapping[str, str] = config.get("metadata") or {}
         subjects = list(config.get("subjects") or [])
         kind = metadata.get(META_KIND)
-        base = name.removesuffix(_SNAPSHOTS_SUFFIX)
+        base = name.removesuffix(SNAPSHOTS_SUFFIX)
         if kind == "snapshots" or (
-            kind is None
-            and name.endswith(_SNAPSHOTS_SUFFIX)
-            and subjects == [f"{base}.snapshots.>"]
+            kind is None and name.endswith(SNAPSHOTS_SUFFIX) and subjects == [f"{base}.snapshots.>"]
         ):
             snapshots[base] = int(state.get("messages", 0))
             continue

@@ -132,9 +132,10 @@ class _Follow:
 
 async def _run(conn: ConnectionSettings, follow: _Follow) -> None:
     async with session(conn, name="aether-tail") as nc:
-        store = (await attach(nc, follow.ref)).store
-        subject = store.subject_for(follow.actor) if follow.actor else follow.ref.event_subjects
-        token_start = len(follow.ref.event_subjects) - 1
+        opened = await attach(nc, follow.ref)
+        store = opened.store
+        subject = store.subject_for(follow.actor) if follow.actor else opened.event_subjects
+        token_start = len(opened.event_prefix)
         # Bounded: if printing falls behind, the subscription's own pending limit and the
         # consumer's flow control slow the server down (the ordered consumer fills gaps).
         queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=_QUEUE_SIZE)
@@ -144,7 +145,7 @@ async def _run(conn: ConnectionSettings, follow: _Follow) -> None:
 
         sub = await nc.jetstream().subscribe(
             subject,
-            stream=follow.ref.real,
+            stream=opened.stream_name,
             cb=on_msg,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL if follow.from_start else DeliverPolicy.NEW,
@@ -152,7 +153,7 @@ async def _run(conn: ConnectionSettings, follow: _Follow) -> None:
         await nc.flush()
         note(
             f"listening for {'all' if follow.from_start else 'new'} events on stream "
-            f"{follow.ref.describe()} ({subject}); Ctrl-C to stop"
+            f"{opened.describe()} ({subject}); Ctrl-C to stop"
         )
 
         try:
