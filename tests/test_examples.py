@@ -75,11 +75,16 @@ class Bank:
     def __init__(self, nats_url: str) -> None:
         self.nats_url = nats_url
         self.namespace = unique("bank")
-        self.stream = f"{self.namespace}_bank"
         self.app = bank.create_app(nats_url, namespace=self.namespace)
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.app), base_url="http://bank.test"
         )
+
+    @property
+    def stream(self) -> str:
+        """The app's JetStream stream (namespace applied), once the app has started."""
+        store: JetStreamEventStore = self.app.state.store
+        return store.stream_name
 
     async def open_store(self) -> tuple[nats.NATS, JetStreamEventStore]:
         """Another writer on the same stream (as a second process or host would be)."""
@@ -126,6 +131,8 @@ async def test_fastapi_commands_become_events(app: Bank) -> None:
         (2, "Deposited", {"amount": 100}),
         (3, "Withdrawn", {"amount": 30}),
     ]
+    # the namespace has a stream of its own: <escaped namespace>__<stream name>
+    assert app.stream == f"{app.namespace}__bank"
 
 
 async def test_fastapi_unknown_account_and_bad_input(app: Bank) -> None:

@@ -12,8 +12,10 @@ stream is audited message by message. Properties:
 - the stream holds exactly the messages written (nothing leaked to other subjects);
 - invalid ids (empty, not a ``str``, lone surrogates, too long once encoded) raise
   ``InvalidEventError`` and write nothing;
-- two namespaces that sanitise differently never see each other's events; two that sanitise
-  to the same text (``"a.b"``, ``"a b"``, ``"a_b"``) are, as documented, the same stream.
+- stores on two different (namespace, stream name) pairs never share a stream nor see each
+  other's events or snapshots, even the pairs that older versions' ``<sanitised
+  namespace>_<name>`` put in one stream (``"a.b"``, ``"a b"``, ``"a_b"``; ``("x", "y_n")``
+  and ``("x_y", "n")``).
 
 The tests are synchronous and drive one ``asyncio.Runner`` from inside hypothesis, so the
 connections and stores live across examples (hypothesis does not run coroutines itself).
@@ -349,13 +351,19 @@ def test_invalid_ids_raise_and_write_nothing(nats_server: NatsServer) -> None:
 
 # ------------------------------------------------------------------ namespaces
 
+_KEPT = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 _ASCII_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _NS_UNSAFE = [".", " ", "*", ">", "\t", "$", "/", "é", "\U0001f600", "\x00", "_"]
 
 
-def sanitise(namespace: str) -> str:
-    """The documented rule, written independently: anything but [A-Za-z0-9_-] becomes ``_``."""
-    return "".join(c if c in _ASCII_SAFE else "_" for c in namespace)
+def expected_stream(namespace: str, name: str) -> str:
+    """The documented rule, written independently: no namespace, the name itself; else
+    each UTF-8 byte of the namespace outside ``[A-Za-z0-9-]`` (``_`` included) as ``_XX``,
+    then ``__`` and the name."""
+    if not namespace:
+        return name
+    escaped = "".join(chr(b) if b in _KEPT else f"_{b:02X}" for b in namespace.encode())
+    return f"{escaped}__{name}"
 
 
 namespaces = st.text(st.sampled_from(_NS_UNSAFE) | st.sampled_from("aAbZ09-_"), max_size=10) | (
@@ -366,10 +374,10 @@ namespaces = st.text(st.sampled_from(_NS_UNSAFE) | st.sampled_from("aAbZ09-_"), 
 @st.composite
 def namespace_pairs(draw: st.DrawFn) -> tuple[str, str]:
     first = draw(namespaces)
-    how = draw(st.sampled_from(["independent", "same-sanitised", "swapcase", "suffix"]))
+    how = draw(st.sampled_from(["independent", "sanitised-alike", "swapcase", "suffix"]))
     if how == "independent":
         return first, draw(namespaces)
-    if how == "same-sanitised":  # every unsafe character replaced by another unsafe one
+    if how == "sanitised-alike":  # one stream before the injective names
         return first, "".join(
             draw(st.sampled_from(_NS_UNSAFE)) if c not in _ASCII_SAFE or c == "_" else c
             for c in first
@@ -379,23 +387,26 @@ def namespace_pairs(draw: st.DrawFn) -> tuple[str, str]:
     return first, first + draw(st.sampled_from(["_", "-", ".", "a"]))
 
 
-async def _namespaces_case(nc: Client, first: str, second: str) -> None:
-    name = unique("ns")
+async def _pairs_case(nc: Client, first: tuple[str, str], second: tuple[str, str]) -> None:
+    """Stores on two (namespace, stream name) pairs share a stream exactly when the pairs
+    are equal; otherwise neither sees the other's events or snapshots."""
     stores: list[JetStreamEventStore] = []
     try:
-        a = await JetStreamEventStore.open(nc, name, JetStreamConfig(namespace=first))
-        stores.append(a)
-        b = await JetStreamEventStore.open(nc, name, JetStreamConfig(namespace=second))
-        stores.append(b)
-        same = sanitise(first) == sanitise(second)
+        for namespace, name in (first, second):
+            store = await JetStreamEventStore.open(nc, name, JetStreamConfig(namespace=namespace))
+            stores.append(store)
+            assert store.stream_name == expected_stream(namespace, name)
+        a, b = stores
+        same = first == second
         assert (a.stream_name == b.stream_name) == same
-        assert a.stream_name == (f"{sanitise(first)}_{name}" if first else name)
+        # No pair's events stream is the other's snapshot stream.
+        assert a.stream_name != f"{b.stream_name}_snapshots"
+        assert b.stream_name != f"{a.stream_name}_snapshots"
 
         mine = Event("Opened", "shared-actor", 1, {"by": "a"})
         await a.save_event(mine)
         await a.save_snapshot(ActorSnapshot("shared-actor", 1, {"by": "a"}))
-        if same:
-            # The documented contract: the namespace is sanitised, so these are one stream.
+        if same:  # the same pair is the same store
             assert [e.id for e in await b.get_events("shared-actor")] == [mine.id]
             with pytest.raises(VersionConflictError):
                 await b.save_event(Event("Opened", "shared-actor", 1, {"by": "b"}))
@@ -407,12 +418,15 @@ async def _namespaces_case(nc: Client, first: str, second: str) -> None:
         assert await b.get_latest_snapshot("shared-actor") is None
         theirs = Event("Opened", "shared-actor", 1, {"by": "b"})
         await b.save_event(theirs)
+        await b.save_snapshot(ActorSnapshot("shared-actor", 1, {"by": "b"}))
         assert [e.id for e in await a.get_events("shared-actor")] == [mine.id]
         assert [e.id for e in await b.get_events("shared-actor")] == [theirs.id]
         snapshot = await a.get_latest_snapshot("shared-actor")
         assert snapshot is not None and snapshot.state == {"by": "a"}
     finally:
         js = nc.jetstream()
+        for store in stores:
+            await store.close()
         for stream in {s.stream_name for s in stores}:
             for real in (stream, f"{stream}_snapshots"):
                 with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -427,7 +441,8 @@ def test_namespaces_never_see_each_other(nats_server: NatsServer) -> None:
             @settings(max_examples=100, deadline=None, database=None)
             @given(pair=namespace_pairs())
             def check(pair: tuple[str, str]) -> None:
-                runner.run(_namespaces_case(nc, *pair))
+                name = unique("ns")
+                runner.run(_pairs_case(nc, (pair[0], name), (pair[1], name)))
 
             check()
         finally:
@@ -438,25 +453,31 @@ def test_namespaces_never_see_each_other(nats_server: NatsServer) -> None:
     ("first", "second"),
     [("a.b", "a b"), ("a.b", "a_b"), ("a*b", "a>b"), ("aéb", "a\U0001f600b"), ("t.1", "t$1")],
 )
-async def test_namespaces_that_sanitise_alike_share_a_stream(
+async def test_namespaces_that_sanitised_alike_are_kept_apart(
     nc: Client, first: str, second: str
 ) -> None:
-    """Documented: the namespace is sanitised, so "a.b" and "a b" are the same namespace."""
-    await _namespaces_case(nc, first, second)
+    """Older versions sanitised namespaces, so "a.b" and "a b" shared a stream; now each
+    namespace is escaped, and they never see each other."""
+    name = unique("ns")
+    await _pairs_case(nc, (first, name), (second, name))
 
 
-async def test_namespace_and_stream_name_can_combine_to_the_same_stream(nc: Client) -> None:
-    """``<namespace>_<stream_name>`` is not injective across stream names: namespace "x" with
-    stream "y_<name>" and namespace "x_y" with stream "<name>" are one stream. Namespaces are
-    kept apart only for stores that use the same stream name (asserted as it is today)."""
-    name = unique("c")
-    a = await JetStreamEventStore.open(nc, f"y_{name}", JetStreamConfig(namespace="x"))
-    b = await JetStreamEventStore.open(nc, name, JetStreamConfig(namespace="x_y"))
-    try:
-        assert a.stream_name == b.stream_name == f"x_y_{name}"
-        await a.save_event(Event("Opened", "acct", 1))
-        assert await b.get_latest_version("acct") == 1
-    finally:
-        js = nc.jetstream()
-        await js.delete_stream(a.stream_name)
-        await js.delete_stream(f"{a.stream_name}_snapshots")
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (("x", "y_{n}"), ("x_y", "{n}")),  # both were x_y_<n>
+        (("", "x_{n}"), ("x", "{n}")),  # both were x_<n>
+        (("x_{n}", "snapshots"), ("x", "{n}")),  # events x_<n>_snapshots = the snapshots
+    ],
+)
+async def test_namespace_and_stream_name_never_combine_to_another_pairs_stream(
+    nc: Client, first: tuple[str, str], second: tuple[str, str]
+) -> None:
+    """Older versions joined ``<namespace>_<stream_name>``, so a namespace and a stream
+    name could combine into another pair's stream (or its snapshot stream)."""
+    n = unique("c")
+    await _pairs_case(
+        nc,
+        (first[0].format(n=n), first[1].format(n=n)),
+        (second[0].format(n=n), second[1].format(n=n)),
+    )
