@@ -10,23 +10,26 @@ loses an acknowledged event.
     (plus malformed batches and ``expected_version`` values) do exactly what an oracle
     predicts from how the values were generated: store the events (read back equal, after
     JSON's own normalisation), or raise ``InvalidEventError`` / ``VersionConflictError``,
-    never any other exception, on both backends; and after an error nothing is written
-    (the stream's message count, the in-memory store's histories).
+    never any other exception; the two backends apply the same rules (a version outside
+    1..=2**63-1 or an actor id too long for a subject token is bad input on both), and
+    after an error nothing is written (the stream's message count, the in-memory store's
+    histories).
 (b) **A foreign writer** publishes straight to an actor's subject with a raw NATS
     connection, between aether's own writes: random bytes, truncated payloads, valid JSON
-    with wrong field types, events claiming another actor, lower, negative or huge
-    versions, copies of aether's events, and random header blocks (any header names and
-    byte values, status lines, bogus ``Nats-Msg-Id``, including the id of aether's next
-    event), also next door (``<subject>.x``, a neighbour actor). A model built from the
-    server's acks predicts every aether write's outcome (``VersionConflictError`` with the
-    true current version, ``InvalidEventError`` for an event id a foreign message took)
-    and the replay: ``get_events`` / ``iter_events`` return exactly the acknowledged valid
-    events in stream order (versions >= ``from_version``, 0 by default, so a foreign
-    negative version shows only with a negative ``from_version``),
-    ``get_events_with_errors`` reports one ``ReplayError`` (stream sequence and bytes) per
-    malformed message, ``get_latest_version`` follows the README's foreign-writer rule,
-    and the actor stays writable. Abandoned foreign atomic batches and messages of exactly
-    ``max_payload`` bytes are covered by their own tests.
+    with wrong field types, events claiming another actor, lower versions, versions no
+    encoder writes (0, negative, past 2**63-1: malformed), copies of aether's events, and
+    random header blocks (any header names and byte values, status lines, bogus
+    ``Nats-Msg-Id``, including the id of aether's next event), also next door
+    (``<subject>.x``, a neighbour actor). A model built from the server's acks predicts
+    every aether write's outcome (``VersionConflictError`` with the true current version,
+    ``InvalidEventError`` for an event id a foreign message took) and the replay:
+    ``get_events`` / ``iter_events`` return exactly the acknowledged valid events in
+    stream order (versions >= ``from_version``), ``get_events_with_errors`` reports one
+    ``ReplayError`` (stream sequence and bytes) per malformed message (one that
+    ``Event.to_json`` would refuse to write, empty ids and event types included),
+    ``get_latest_version`` follows the README's foreign-writer rule, and the actor stays
+    writable. Abandoned foreign atomic batches and messages of exactly ``max_payload``
+    bytes are covered by their own tests.
 (c) **Oversized events**: an encoded event of exactly the store's limit is stored and
     read back (alone, and four of them in one atomic batch); one byte more, or the
     server's ``max_payload``, raises ``EventTooLargeError`` and writes nothing, alone or
@@ -74,6 +77,7 @@ from aether import (
     VersionConflictError,
 )
 from aether.store import InMemoryEventStore, JetStreamConfig, JetStreamEventStore
+from aether.store._rules import MAX_TOKEN_LENGTH
 from aether.testing import NatsServer
 
 from ._stores import StoreFactory, store_factory
@@ -84,7 +88,6 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
 HANG_GUARD = 60.0  # seconds; only turns a hang into a failure, never a timing assertion
-MAX_TOKEN_LENGTH = 2048  # the JetStream store's bound on an encoded actor id
 HEADER_ALLOWANCE = 256  # what the JetStream store reserves for an append's headers
 FIXED_TS = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -309,12 +312,12 @@ VALID: dict[str, SearchStrategy[Any]] = {
     "event_type": st.text(min_size=1, max_size=16),
     "actor_id": st.one_of(
         st.text(max_size=16),
-        # long ids: valid in memory, too long once encoded for JetStream past 2048
+        # long ids: valid events, but too long for both stores once encoded past 2048
         st.builds(
             lambda unit, n: unit * n, st.sampled_from(["a", ".", "é", "日"]), st.integers(1, 800)
         ),
     ),
-    "version": st.integers(INT64_MIN, INT64_MAX),  # < 1 is a VersionConflictError
+    "version": st.integers(1, INT64_MAX),
     "data": json_objects,
     "id": st.text(id_chars, max_size=40),
     "command_id": st.one_of(st.none(), st.text(max_size=16)),
@@ -333,6 +336,8 @@ INVALID: dict[str, SearchStrategy[Any]] = {
         st.text(max_size=3).map(with_surrogate),
     ),
     "version": st.one_of(
+        st.integers(max_value=0),  # bad input, not a conflict
+        st.sampled_from([0, -1, INT64_MIN]),
         st.booleans(),
         st.floats(),
         st.text(max_size=3),
@@ -431,10 +436,11 @@ def event_specs(draw: st.DrawFn, max_broken: int = 2) -> EventSpec:
     return EventSpec(values, frozenset(broken), draw(st.booleans()))
 
 
-def expected_single(event: Event, broken: bool, jetstream: bool) -> Outcome:
-    if broken or (jetstream and token_length(event.actor_id) > MAX_TOKEN_LENGTH):
+def expected_single(event: Event, broken: bool) -> Outcome:
+    """A fresh actor: only bad input (the same on both backends) is refused."""
+    if broken or token_length(event.actor_id) > MAX_TOKEN_LENGTH:
         return "invalid"
-    return "ok" if event.version >= 1 else "conflict"
+    return "ok"
 
 
 # -- (a) tests --------------------------------------------------------------------------------
@@ -463,7 +469,7 @@ async def save_one_and_check(r: Rig, spec: EventSpec) -> None:
         store = r.memory if backend == "memory" else r.writer
         before = r.memory_events() if backend == "memory" else await r.messages()
         exc = await outcome_of(lambda: store.save_event(event))  # noqa: B023
-        expected = expected_single(event, broken, backend == "jetstream")
+        expected = expected_single(event, broken)
         check_outcome(exc, expected, backend)
         after = r.memory_events() if backend == "memory" else await r.messages()
         if expected == "ok":
@@ -474,8 +480,8 @@ async def save_one_and_check(r: Rig, spec: EventSpec) -> None:
             assert after == before, f"{backend}: an error still wrote something"
             if isinstance(exc, VersionConflictError):
                 assert exc.current_version == 0
-            readable = "actor_id" not in spec.broken and (
-                backend == "memory" or token_length(event.actor_id) <= MAX_TOKEN_LENGTH
+            readable = (
+                "actor_id" not in spec.broken and token_length(event.actor_id) <= MAX_TOKEN_LENGTH
             )
             if readable:
                 assert await store.get_events(event.actor_id) == []
@@ -565,7 +571,7 @@ def build_batch(spec: BatchSpec) -> Batch:
         overrides: dict[str, Any] = {"actor_id": actor}
         if "version" not in event_spec.broken:
             overrides["version"] = version = spec.first_version + index
-            broken |= not INT64_MIN <= version <= INT64_MAX
+            broken |= not 1 <= version <= INT64_MAX
         events.append(event_spec.build(actor, **overrides))
         broken |= bool(event_spec.broken - {"actor_id"})  # the batch's actor replaced it
     shape = spec.shape
@@ -596,11 +602,10 @@ def build_batch(spec: BatchSpec) -> Batch:
     elif shape == "single_event":
         make_arg = lambda: events[0]  # noqa: E731
     expected: dict[str, Outcome] = {}
-    for backend in ("memory", "jetstream"):
-        too_long = backend == "jetstream" and token_length(actor) > MAX_TOKEN_LENGTH
-        if broken or shape in INVALID_SHAPES or too_long:
+    for backend in ("memory", "jetstream"):  # the same rules on both
+        if broken or shape in INVALID_SHAPES or token_length(actor) > MAX_TOKEN_LENGTH:
             expected[backend] = "invalid"
-        elif shape == "expected_mismatch" or events[0].version < 1:
+        elif shape == "expected_mismatch":
             expected[backend] = "conflict"
         else:
             expected[backend] = "ok"
@@ -639,12 +644,16 @@ async def save_batch_and_check(r: Rig, spec: BatchSpec) -> None:
 
 
 def test_reads_with_bad_arguments_raise_invalid_event_error(nats_server: NatsServer) -> None:
-    """Reads refuse a non-``str``/empty actor id or a non-``int`` from_version, both backends."""
+    """Reads refuse a non-``str``/empty actor id, one too long for a subject token, or a
+    non-``int`` from_version, both backends."""
     with rig(nats_server.url) as r:
 
         @settings(FUZZ_SETTINGS, max_examples=60)
         @given(
-            actor=st.one_of(INVALID["actor_id"].filter(lambda a: type(a) is not str or not a)),
+            actor=st.one_of(
+                INVALID["actor_id"].filter(lambda a: type(a) is not str or not a),
+                VALID["actor_id"].filter(lambda a: token_length(a) > MAX_TOKEN_LENGTH),
+            ),
             from_version=st.one_of(st.integers(0, 3), INVALID["version"]),
         )
         def check(actor: Any, from_version: Any) -> None:
@@ -801,10 +810,22 @@ class Foreign:
     kind: str
 
 
+def encodable(event: Event) -> Event | None:
+    """*event* if an encoder would write it, else None: decoding applies the same rules,
+    so a foreign message no encoder would write is malformed (a ReplayError)."""
+    try:
+        event.to_json()
+    except InvalidEventError:
+        return None
+    return event
+
+
 @st.composite
-def foreign_wire(draw: st.DrawFn, actor: str, version: int) -> tuple[dict[str, Any], Event]:
-    """A valid wire-form event for *actor* (Go Aether's keys) and what it decodes to."""
-    event_id = draw(st.one_of(st.just(tag()), st.text(max_size=12)))  # "" is readable
+def foreign_wire(draw: st.DrawFn, actor: str, version: int) -> tuple[dict[str, Any], Event | None]:
+    """A wire-form event for *actor* (Go Aether's keys) and what it decodes to: None if
+    an encoder would refuse it (an empty or unprintable id, an empty event type, a version
+    outside 1..=2**63-1)."""
+    event_id = draw(st.one_of(st.just(tag()), st.text(max_size=12)))
     event_type = draw(st.text(max_size=10))
     data = draw(st.one_of(st.dictionaries(st.text(max_size=6), json_values, max_size=3), st.none()))
     # RFC 3339 offsets are whole minutes (CPython's parser drops sub-second offsets).
@@ -834,7 +855,7 @@ def foreign_wire(draw: st.DrawFn, actor: str, version: int) -> tuple[dict[str, A
         metadata={} if metadata is None else metadata,
         timestamp=ts.astimezone(UTC),
     )
-    return wire, expected
+    return wire, encodable(expected)
 
 
 @st.composite
@@ -879,8 +900,9 @@ def foreign_messages(draw: st.DrawFn, actor: str, latest: int, own: Event | None
         return Foreign(b" \t\r\n" + raw + b"\n", expected, kind)
     if kind == "go_nanos":  # Go's time.Time: nanoseconds, truncated to microseconds
         text = orjson.dumps({**wire, "timestamp": "2026-11-26T04:52:13.676736881Z"})
-        go = normalised(expected)
-        go.timestamp = datetime(2026, 11, 26, 4, 52, 13, 676736, tzinfo=UTC)
+        go = None if expected is None else normalised(expected)
+        if go is not None:
+            go.timestamp = datetime(2026, 11, 26, 4, 52, 13, 676736, tzinfo=UTC)
         return Foreign(text, go, kind)
     if kind == "copy_of_own" and own is not None:
         return Foreign(own.to_json(), normalised(own), kind)
@@ -927,15 +949,11 @@ def expected_append(
     first: int, last: int, latest: int, expected_version: int | None, collides: bool
 ) -> set[str]:
     """Allowed outcomes of an aether append of versions first..last."""
-    if not INT64_MIN <= last <= INT64_MAX or (
-        expected_version is not None and expected_version < 0
+    if not 1 <= first <= last <= INT64_MAX or (
+        expected_version is not None and not 0 <= expected_version <= INT64_MAX
     ):
-        return {"invalid"}
-    conflict = (
-        first <= latest
-        or first < 1
-        or (expected_version is not None and expected_version != latest)
-    )
+        return {"invalid"}  # bad input, not a conflict
+    conflict = first <= latest or (expected_version is not None and expected_version != latest)
     if conflict:
         # A foreign message holding our event id: the server may answer "duplicate"
         # before the store learns the version is stale.
@@ -1034,9 +1052,9 @@ async def foreign_scenario(r: Rig, data: st.DataObject) -> None:
 
 async def check_replay(r: Rig, model: ActorModel, data: st.DataObject) -> None:
     actor, latest = model.actor, model.latest()
-    # Reads return versions >= from_version (default 0), so a foreign writer's negative
-    # versions only show up with a negative from_version; they are not errors either.
-    events = [e for e in model.events() if e.version >= 0]
+    # Every valid event has a version >= 1 (others are malformed): the default
+    # from_version, 0, reads them all.
+    events = model.events()
     bad = [(m.seq, m.raw) for m in model.msgs if m.event is None]
     from_version = data.draw(st.one_of(st.integers(-3, 4), st.just(INT64_MIN)), "from_version")
     for store in (r.writer, r.reader):
@@ -1060,10 +1078,11 @@ async def check_replay(r: Rig, model: ActorModel, data: st.DataObject) -> None:
         assert store.cached_version(actor) == latest
     # The actor stays writable by the documented rule.
     if latest < INT64_MAX:
-        with pytest.raises(VersionConflictError) as info:
-            await r.reader.save_event(Event("Final", actor, latest, id=tag()))
-        assert info.value.current_version == latest
-        final = Event("Final", actor, max(latest + 1, 1), id=tag())
+        if latest >= 1:  # (version 0 is bad input, not a conflict)
+            with pytest.raises(VersionConflictError) as info:
+                await r.reader.save_event(Event("Final", actor, latest, id=tag()))
+            assert info.value.current_version == latest
+        final = Event("Final", actor, latest + 1, id=tag())
         await r.writer.save_event(final)
         assert await r.reader.get_events(actor) == [*events, final]
         assert await r.reader.get_latest_version(actor) == final.version

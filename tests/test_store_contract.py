@@ -9,7 +9,8 @@ from typing import Any, NamedTuple
 import pytest
 
 from aether import ActorSnapshot, Event, InvalidEventError, VersionConflictError
-from aether.store import EventStore, SnapshotStore
+from aether.store import EventStore, JetStreamEventStore, SnapshotStore
+from aether.store._rules import MAX_BATCH_SIZE, MAX_TOKEN_LENGTH, MAX_VERSION
 
 
 class Point(NamedTuple):
@@ -66,7 +67,7 @@ async def test_roundtrip_preserves_every_field(store: SnapshotStore) -> None:
 async def test_versions_must_increase(store: SnapshotStore) -> None:
     await store.save_event(ev("a", 1))
     await store.save_event(ev("a", 2))
-    for version in (2, 1, 0, -5):
+    for version in (2, 1):
         with pytest.raises(VersionConflictError) as info:
             await store.save_event(ev("a", version))
         assert info.value.actor_id == "a"
@@ -75,13 +76,44 @@ async def test_versions_must_increase(store: SnapshotStore) -> None:
         assert str(info.value) == (
             f"version conflict: actor 'a' has version 2, cannot save version {version}"
         )
+    for version in (0, -5):  # not a conflict: no actor can ever hold such a version
+        with pytest.raises(InvalidEventError, match="version"):
+            await store.save_event(ev("a", version))
     assert [e.version for e in await store.get_events("a")] == [1, 2]
 
 
 async def test_first_version_must_be_positive(store: SnapshotStore) -> None:
-    with pytest.raises(VersionConflictError):
-        await store.save_event(ev("a", 0))
+    for version in (0, -1):
+        with pytest.raises(InvalidEventError, match="version"):
+            await store.save_event(ev("a", version))
     assert await store.get_events("a") == []
+
+
+@pytest.mark.parametrize("version", [0, -1, MAX_VERSION + 1])
+async def test_versions_outside_the_range_are_bad_input(store: SnapshotStore, version: int) -> None:
+    """Versions 0 and -1 used to raise VersionConflictError: they are bad input, on a new
+    actor and on an existing one, alone or in a batch, and nothing is written."""
+    with pytest.raises(InvalidEventError, match="version"):
+        await store.save_event(ev("a", version))
+    with pytest.raises(InvalidEventError, match="version"):
+        await store.save_events([ev("a", version), ev("a", 7)])
+    with pytest.raises(InvalidEventError, match="version"):
+        await store.save_events([ev("a", 1), ev("a", version)])
+    assert await store.get_events("a") == []
+    assert await store.get_latest_version("a") == 0
+    await store.save_event(ev("a", 3))
+    with pytest.raises(InvalidEventError, match="version"):
+        await store.save_event(ev("a", version))
+    assert [e.version for e in await store.get_events("a")] == [3]
+
+
+async def test_the_last_version_is_storable(store: SnapshotStore) -> None:
+    await store.save_events([ev("a", MAX_VERSION - 1), ev("a", MAX_VERSION)])
+    assert await store.get_latest_version("a") == MAX_VERSION
+    assert [e.version for e in await store.get_events("a", MAX_VERSION)] == [MAX_VERSION]
+    with pytest.raises(VersionConflictError) as info:
+        await store.save_event(ev("a", MAX_VERSION))
+    assert info.value.current_version == MAX_VERSION
 
 
 async def test_gaps_are_allowed(store: SnapshotStore) -> None:
@@ -153,6 +185,11 @@ async def test_mutating_a_saved_event_does_not_change_history(store: SnapshotSto
         ({"timestamp": datetime(2026, 1, 1)}, "timezone"),  # naive on purpose
         ({"timestamp": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))}, "range"),
         ({"version": 2**64}, "64-bit"),
+        ({"version": 2**63}, "64-bit"),
+        ({"version": 0}, "version"),
+        ({"version": -1}, "version"),
+        ({"actor_id": "a" * 3000}, "too long"),
+        ({"actor_id": "é" * 342}, "too long"),
         ({"data": {"x": "lone \udc80 surrogate"}}, "JSON"),
         ({"actor_id": "a\udc80"}, "JSON"),
         ({"data": {"p": Point(1, 2)}}, "not JSON"),
@@ -184,6 +221,57 @@ async def test_bad_read_arguments(store: SnapshotStore) -> None:
         await store.get_latest_version("")
     with pytest.raises(InvalidEventError):
         await store.get_events("a", from_version="1")  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError):
+        await store.get_events("a", from_version=True)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError):
+        await store.get_latest_snapshot("")
+
+
+LONG_ACTOR_IDS = [
+    "a" * 3000,
+    "a" * (MAX_TOKEN_LENGTH + 1),
+    "é" * 342,  # 2 bytes each, "_C3_A9": 2052 characters once encoded
+    "." * 683,  # "_2E" each: 2049
+]
+
+
+@pytest.mark.parametrize("actor", LONG_ACTOR_IDS, ids=["3000", "2049", "e-acute", "dots"])
+async def test_too_long_actor_ids_are_refused_by_every_call(
+    store: SnapshotStore, actor: str
+) -> None:
+    """Fault 11: the in-memory store accepted a 3,000-character actor id that JetStream
+    refuses (its subject token would exceed MAX_TOKEN_LENGTH). Both refuse it now, the
+    same way, for saves and reads alike."""
+    too_long = "too long"
+    with pytest.raises(InvalidEventError, match=too_long):
+        await store.save_event(ev(actor, 1))
+    with pytest.raises(InvalidEventError, match=too_long):
+        await store.save_events([ev(actor, 1), ev(actor, 2)])
+    with pytest.raises(InvalidEventError, match=too_long):
+        await store.save_snapshot(ActorSnapshot(actor, 1, {}))
+    with pytest.raises(InvalidEventError, match=too_long):
+        await store.get_events(actor)
+    with pytest.raises(InvalidEventError, match=too_long):
+        await store.get_events_with_errors(actor)
+    with pytest.raises(InvalidEventError, match=too_long):
+        await anext(aiter(store.iter_events(actor)))
+    with pytest.raises(InvalidEventError, match=too_long):
+        await store.get_latest_version(actor)
+    with pytest.raises(InvalidEventError, match=too_long):
+        await store.get_latest_snapshot(actor)
+
+
+@pytest.mark.parametrize(
+    "actor", ["a" * MAX_TOKEN_LENGTH, "é" * 341, "." * 682], ids=["2048", "e-acute", "dots"]
+)
+async def test_actor_ids_at_the_limit_are_accepted(store: SnapshotStore, actor: str) -> None:
+    event = ev(actor, 1)
+    await store.save_event(event)
+    assert await store.get_events(actor) == [event]
+    assert await store.get_latest_version(actor) == 1
+    await store.save_snapshot(ActorSnapshot(actor, 1, {"n": 1}))
+    snapshot = await store.get_latest_snapshot(actor)
+    assert snapshot is not None and snapshot.actor_id == actor
 
 
 async def test_save_events_is_all_or_nothing(store: SnapshotStore) -> None:
@@ -229,6 +317,25 @@ async def test_malformed_batch_keeps_earlier_history(store: SnapshotStore) -> No
     assert [e.version for e in await store.get_events("a")] == [1]
 
 
+async def test_batch_size_limit_is_the_same_everywhere(store: SnapshotStore) -> None:
+    """Fault 11: a batch of 1,001 events is refused by both stores (JetStream's atomic
+    batch limit is 1,000), before anything is written; 1,000 are stored."""
+    assert MAX_BATCH_SIZE == 1000
+    with pytest.raises(InvalidEventError, match="at most 1000"):
+        await store.save_events([ev("a", v) for v in range(1, MAX_BATCH_SIZE + 2)])
+    assert await store.get_latest_version("a") == 0
+    await store.save_events([ev("a", v) for v in range(1, MAX_BATCH_SIZE + 1)])
+    assert await store.get_latest_version("a") == MAX_BATCH_SIZE
+    assert len(await store.get_events("a")) == MAX_BATCH_SIZE
+
+
+@pytest.mark.parametrize("expected", [-1, MAX_VERSION + 1, True, 1.0, "0"])
+async def test_bad_expected_version_is_bad_input(store: SnapshotStore, expected: object) -> None:
+    with pytest.raises(InvalidEventError, match="expected_version"):
+        await store.save_events([ev("a", 1)], expected_version=expected)  # type: ignore[arg-type]
+    assert await store.get_events("a") == []
+
+
 async def test_snapshots_never_go_backwards(store: SnapshotStore) -> None:
     await store.save_snapshot(ActorSnapshot("a", 5, {"balance": 50}))
     await store.save_snapshot(ActorSnapshot("a", 3, {"balance": 30}))
@@ -255,6 +362,60 @@ async def test_bad_snapshot_is_rejected(store: SnapshotStore) -> None:
     with pytest.raises(InvalidEventError):
         await store.save_snapshot(ActorSnapshot("a", 1, {"x": object()}))
     assert await store.get_latest_snapshot("a") is None
+
+
+@pytest.mark.parametrize("version", [-5, 0, MAX_VERSION + 1, True, "3"])
+async def test_snapshot_versions_outside_the_range_are_refused(
+    store: SnapshotStore, version: object
+) -> None:
+    """A snapshot with version -5 was dropped silently in memory and stored by JetStream.
+    Snapshot versions are 1..=2**63-1 like event versions (a snapshot summarises at least
+    one event): anything else is bad input on both stores, and nothing is stored."""
+    with pytest.raises(InvalidEventError, match="version"):
+        await store.save_snapshot(ActorSnapshot("a", version, {"v": 1}))  # type: ignore[arg-type]
+    assert await store.get_latest_snapshot("a") is None
+    await store.save_snapshot(ActorSnapshot("a", 2, {"v": 2}))
+    with pytest.raises(InvalidEventError, match="version"):
+        await store.save_snapshot(ActorSnapshot("a", version, {"v": 1}))  # type: ignore[arg-type]
+    latest = await store.get_latest_snapshot("a")
+    assert latest is not None and latest.version == 2
+    await store.save_snapshot(ActorSnapshot("a", MAX_VERSION, {"v": 3}))
+    latest = await store.get_latest_snapshot("a")
+    assert latest is not None and latest.version == MAX_VERSION
+
+
+class LaterVersion(Event):
+    """An Event whose version reads as given once (the encode), then as *later*: as if the
+    caller changed it while the save was in flight."""
+
+    def __init__(self, *args: Any, later: int, **kwargs: Any) -> None:
+        self.__dict__["_later"] = later
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def version(self) -> int:
+        self.__dict__["_reads"] += 1
+        return int(self.__dict__["_version" if self.__dict__["_reads"] == 1 else "_later"])
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self.__dict__["_version"] = value
+        self.__dict__["_reads"] = 0
+
+
+@pytest.mark.parametrize("later", [0, 1, 5])
+async def test_store_decides_from_the_encoded_values(store: SnapshotStore, later: int) -> None:
+    """The store checks and records the version it encoded, whatever the caller's object
+    says afterwards (DESIGN: a caller may mutate an Event while its save is in flight)."""
+    await store.save_event(ev("a", 1))
+    await store.save_event(LaterVersion("Deposited", "a", 2, {"n": 2}, later=later))
+    if isinstance(store, JetStreamEventStore):
+        assert store.cached_version("a") in (None, 2)
+    assert [e.version for e in await store.get_events("a")] == [1, 2]
+    assert await store.get_latest_version("a") == 2
+    await store.save_events([LaterVersion("Deposited", "a", v, later=later) for v in (3, 4)])
+    assert [e.version for e in await store.get_events("a")] == [1, 2, 3, 4]
+    assert await store.get_latest_version("a") == 4
 
 
 async def test_concurrent_tasks_store_each_version_once(store: SnapshotStore) -> None:

@@ -34,6 +34,35 @@ def encode(obj: dict[str, Any]) -> bytes:
         raise InvalidEventError(f"not JSON-serialisable: {exc}") from exc
 
 
+#: The deepest nesting :func:`encode` writes: orjson refuses deeper values ("Recursion limit
+#: reached"), counting the enclosing event or snapshot object as one level.
+MAX_ENCODE_DEPTH = 254
+_DEEP_TEXT_LENGTH = 2 * (MAX_ENCODE_DEPTH + 1)
+
+
+def check_depth(value: dict[str, Any], where: str) -> None:
+    """Raise InvalidEventError if *value*, as a field of an event or snapshot object, nests
+    deeper than :func:`encode` writes. Exactly the encoder's rule (it asks the encoder), so
+    it costs an encode: call it only when :func:`may_nest_too_deeply` says so."""
+    encode({where: value})
+
+
+def may_nest_too_deeply(raw: bytes | bytearray | memoryview | str) -> bool:
+    """Whether the JSON text *raw* could nest deeper than :func:`encode` writes.
+
+    A cheap bound (a decoded value nests at most as deep as *raw* has opening brackets, in
+    strings or not, and valid JSON closes each one), so that decoding checks the depth of
+    almost no message.
+    """
+    if len(raw) < _DEEP_TEXT_LENGTH:
+        return False  # too short to hold MAX_ENCODE_DEPTH + 1 pairs of brackets
+    if isinstance(raw, str):
+        return raw.count("{") + raw.count("[") > MAX_ENCODE_DEPTH
+    if isinstance(raw, memoryview):
+        raw = raw.tobytes()
+    return raw.count(b"{") + raw.count(b"[") > MAX_ENCODE_DEPTH
+
+
 def check_json_object(value: object, where: str) -> None:
     """Raise InvalidEventError unless *value* is a ``dict[str, JSON]`` that round-trips."""
     if type(value) is not dict:

@@ -1,19 +1,23 @@
 """An in-process event store with the same contract as the JetStream one.
 
-It keeps each event as its encoded JSON wire form, so callers that mutate their ``Event``
-objects afterwards cannot change history, and data round-trips exactly as it would
-through JetStream (tuples come back as lists, and so on).
+It applies the same rules (``aether.store._rules``: actor id length, version range, batch
+size, snapshot versions, read arguments), so it accepts and refuses exactly what the
+JetStream store does. It keeps each event as its encoded JSON wire form, so callers that
+mutate their ``Event`` objects afterwards (or while a save is in flight) cannot change
+history, and data round-trips exactly as it would through JetStream (tuples come back as
+lists, and so on). Every decision uses the values captured when the event was encoded.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from aether.errors import InvalidEventError
 from aether.event import ActorSnapshot, Event
 from aether.replay import ReplayError, ReplayResult
 from aether.store import _rules
+from aether.store._rules import EncodedEvent, EncodedSnapshot
 
 
 class InMemoryEventStore:
@@ -25,50 +29,49 @@ class InMemoryEventStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # actor id -> [(version, event id, wire bytes)], in append order (= version order)
-        self._events: dict[str, list[tuple[int, str, bytes]]] = {}
+        # actor id -> its events as encoded (immutable), in append order (= version order)
+        self._events: dict[str, list[EncodedEvent]] = {}
         self._ids: set[str] = set()  # every stored event id: reuse is refused
-        self._snapshots: dict[str, bytes] = {}
-        self._snapshot_versions: dict[str, int] = {}
+        self._snapshots: dict[str, EncodedSnapshot] = {}
 
     async def save_event(self, event: Event) -> None:
-        payload = _rules.encode_event(event)
+        encoded = _rules.prepare_event(event)
         with self._lock:
-            history = self._events.get(event.actor_id, [])
-            if history and history[-1][:2] == (event.version, event.id):
+            history = self._events.get(encoded.actor_id)
+            latest = history[-1] if history else None
+            if latest is not None and (latest.version, latest.id) == (encoded.version, encoded.id):
                 return  # the same event again (a caller's retry): already stored
-            _rules.check_append(event, history[-1][0] if history else 0)
-            self._refuse_reused_ids([event])
-            self._events.setdefault(event.actor_id, history).append(
-                (event.version, event.id, payload)
+            _rules.check_versions(
+                encoded.actor_id, encoded.version, 0 if latest is None else latest.version
             )
-            self._ids.add(event.id)
+            self._refuse_reused_ids([encoded.id])
+            self._events.setdefault(encoded.actor_id, []).append(encoded)
+            self._ids.add(encoded.id)
 
     async def save_events(
         self, events: Sequence[Event], *, expected_version: int | None = None
     ) -> None:
-        payloads = _rules.encode_batch(events)
+        batch = _rules.prepare_batch(events)
         expected = _rules.check_expected_version(expected_version)
-        actor_id = events[0].actor_id
+        first, last = batch[0], batch[-1]
         with self._lock:
-            history = self._events.get(actor_id, [])
-            if history and history[-1][:2] == (events[-1].version, events[-1].id):
+            history = self._events.get(first.actor_id)
+            latest = history[-1] if history else None
+            if latest is not None and (latest.version, latest.id) == (last.version, last.id):
                 return  # the same batch again: already stored
-            _rules.check_batch_versions(events, history[-1][0] if history else 0, expected)
-            self._refuse_reused_ids(events)
-            self._ids.update(event.id for event in events)
-            history.extend(
-                (event.version, event.id, payload)
-                for event, payload in zip(events, payloads, strict=True)
+            _rules.check_versions(
+                first.actor_id, first.version, 0 if latest is None else latest.version, expected
             )
-            self._events[actor_id] = history
+            self._refuse_reused_ids(encoded.id for encoded in batch)
+            self._events.setdefault(first.actor_id, []).extend(batch)
+            self._ids.update(encoded.id for encoded in batch)
 
-    def _refuse_reused_ids(self, events: Sequence[Event]) -> None:
+    def _refuse_reused_ids(self, ids: Iterable[str]) -> None:
         # JetStream refuses a reused id within its duplicate window; memory never forgets.
-        for event in events:
-            if event.id in self._ids:
+        for event_id in ids:
+            if event_id in self._ids:
                 raise InvalidEventError(
-                    f"event id {event.id!r} was already used by another event (ids must be unique)"
+                    f"event id {event_id!r} was already used by another event (ids must be unique)"
                 )
 
     async def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
@@ -83,31 +86,31 @@ class InMemoryEventStore:
         with self._lock:
             history = list(self._events.get(actor_id, ()))
         result = ReplayResult()
-        for position, (version, _, payload) in enumerate(history, start=1):
-            if version < from_version:
+        for position, encoded in enumerate(history, start=1):
+            if encoded.version < from_version:
                 continue
             try:
-                result.events.append(Event.from_json(payload))
+                result.events.append(_rules.decode_event(encoded.payload))
             except ValueError as exc:  # unreachable for events this store encoded itself
-                result.errors.append(ReplayError(position, payload, exc))
+                result.errors.append(ReplayError(position, encoded.payload, exc))
         return result
 
     async def get_latest_version(self, actor_id: str) -> int:
         _rules.check_read(actor_id)
         with self._lock:
             history = self._events.get(actor_id)
-            return history[-1][0] if history else 0
+            return history[-1].version if history else 0
 
     async def save_snapshot(self, snapshot: ActorSnapshot) -> None:
-        payload = _rules.encode_snapshot(snapshot)
+        encoded = _rules.prepare_snapshot(snapshot)
         with self._lock:
-            if self._snapshot_versions.get(snapshot.actor_id, -1) >= snapshot.version:
+            current = self._snapshots.get(encoded.actor_id)
+            if current is not None and current.version >= encoded.version:
                 return  # an older (or equal) snapshot never replaces a newer one
-            self._snapshots[snapshot.actor_id] = payload
-            self._snapshot_versions[snapshot.actor_id] = snapshot.version
+            self._snapshots[encoded.actor_id] = encoded
 
     async def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         _rules.check_read(actor_id)
         with self._lock:
-            payload = self._snapshots.get(actor_id)
-        return None if payload is None else ActorSnapshot.from_json(payload)
+            current = self._snapshots.get(actor_id)
+        return None if current is None else _rules.decode_snapshot(current.payload)
