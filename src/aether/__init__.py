@@ -9,8 +9,10 @@ from aether.errors import (
     EventTooLargeError,
     InvalidEventError,
     JetStreamError,
+    JetStreamNotEnabledError,
     StoreUnavailableError,
     StreamNotFoundError,
+    UnsuitableStreamError,
     UnsupportedServerError,
     VersionConflictError,
 )
@@ -39,10 +41,12 @@ __all__ = [
     "EventTooLargeError",
     "InvalidEventError",
     "JetStreamError",
+    "JetStreamNotEnabledError",
     "ReplayError",
     "ReplayResult",
     "StoreUnavailableError",
     "StreamNotFoundError",
+    "UnsuitableStreamError",
     "UnsupportedServerError",
     "VersionConflictError",
 ]

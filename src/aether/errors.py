@@ -81,6 +81,14 @@ class UnsupportedServerError(AetherError):
     """The connected nats-server lacks a feature the call needs (e.g. atomic batches)."""
 
 
+class JetStreamNotEnabledError(UnsupportedServerError):
+    """The server (or the connection's account) has no JetStream: nothing can be stored.
+
+    Raised at once, not retried: a server started without ``-js``, or an account without
+    JetStream limits, stays that way.
+    """
+
+
 class JetStreamError(AetherError):
     """The server answered a JetStream request with an error aether does not handle itself."""
 

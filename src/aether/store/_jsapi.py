@@ -23,7 +23,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from aether import _json
-from aether.errors import JetStreamError, StoreUnavailableError
+from aether.errors import (
+    JetStreamError,
+    JetStreamNotEnabledError,
+    StoreUnavailableError,
+    StreamNotFoundError,
+)
 
 API = "$JS.API"
 
@@ -37,6 +42,8 @@ STREAM_NAME_IN_USE = 10058
 STREAM_NOT_FOUND = 10059
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE_MSG_ID = 10201
+JETSTREAM_NOT_ENABLED = 10076
+JETSTREAM_NOT_ENABLED_FOR_ACCOUNT = 10039
 
 
 class TransientError(Exception):
@@ -92,13 +99,18 @@ class JsApi:
         self.retry_deadline = retry_deadline
         self.retries = 0  # requests sent again after an unknown outcome
 
-    async def until_known(self, attempt: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+    async def until_known(
+        self, attempt: Callable[[], Awaitable[T]], *, stream: str | None = None
+    ) -> tuple[T, bool]:
         """Run *attempt* until it gets an answer. Returns (answer, ambiguous).
 
         ``ambiguous`` is True if an attempt timed out or met "duplicate message id is in
         process": an attempt may have been applied. Raises
         StoreUnavailableError once ``retry_deadline`` has passed since the first failure,
-        or at once on a closed connection.
+        or at once on a closed connection. With *stream*, "no responders" (nobody listens
+        on the subject: a stream without a leader, or no stream at all) asks the server
+        whether *stream* exists, and raises StreamNotFoundError at once if it does not:
+        nothing can have been written, and waiting would not change that.
         """
         ambiguous = False
         deadline: float | None = None  # set at the first failure: the fast path pays nothing
@@ -120,6 +132,8 @@ class JsApi:
                     f"no answer from JetStream within {self.retry_deadline:g}s "
                     f"(last failure: {type(failure).__name__})"
                 ) from failure
+            if stream is not None and isinstance(failure, nats.errors.NoRespondersError):
+                await self._raise_if_stream_missing(stream)
             self.retries += 1
             if isinstance(failure, asyncio.TimeoutError) or (
                 isinstance(failure, TransientError) and failure.ambiguous
@@ -130,10 +144,32 @@ class JsApi:
             await _backoff(min(backoff, deadline - now))
             backoff = min(backoff * 2, 1.0)
 
+    async def _raise_if_stream_missing(self, stream: str) -> None:
+        # One attempt, no retry: if the answer is not a definite "not found" (a timeout,
+        # no meta leader yet), the caller's own retry policy goes on.
+        try:
+            msg = await self.nc.request(
+                f"{API}.STREAM.INFO.{stream}", b"", timeout=self.request_timeout
+            )
+        except (TimeoutError, nats.errors.Error):
+            return
+        error = _json.loads(msg.data).get("error")
+        if error is not None and error.get("err_code") == STREAM_NOT_FOUND:
+            raise StreamNotFoundError(stream)
+
     async def request(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        stream: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """A request with the retry policy; returns (decoded JSON answer, ambiguous)."""
+        """A request with the retry policy; returns (decoded JSON answer, ambiguous).
+
+        *stream*: the stream the request is about, so that its absence is reported at
+        once (see :meth:`until_known`).
+        """
 
         async def attempt() -> dict[str, Any]:
             msg = await self.nc.request(
@@ -141,21 +177,34 @@ class JsApi:
             )
             return decode_answer(msg.data)
 
-        return await self.until_known(attempt)
+        return await self.until_known(attempt, stream=stream)
 
-    async def call(self, api: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A JetStream API call (``$JS.API.<api>``). Raises JetStreamError on an error."""
-        answer, _ = await self.request(f"{API}.{api}", b"" if body is None else _json.dumps(body))
-        raise_for_error(answer)
+    async def call(
+        self, api: str, body: dict[str, Any] | None = None, *, stream: str | None = None
+    ) -> dict[str, Any]:
+        """A JetStream API call (``$JS.API.<api>``) about *stream* (if any).
+
+        Raises StreamNotFoundError if the stream does not exist, JetStreamError on any
+        other error answer.
+        """
+        answer, _ = await self.request(
+            f"{API}.{api}", b"" if body is None else _json.dumps(body), stream=stream
+        )
+        raise_for_error(answer, stream)
         return answer
 
     async def get_msg(self, stream: str, body: dict[str, Any]) -> StoredMsg | None:
-        """``STREAM.MSG.GET`` served by the stream leader (authoritative); None if absent."""
-        answer, _ = await self.request(f"{API}.STREAM.MSG.GET.{stream}", _json.dumps(body))
+        """``STREAM.MSG.GET`` served by the stream leader (authoritative); None if absent.
+
+        Raises StreamNotFoundError if the stream does not exist.
+        """
+        answer, _ = await self.request(
+            f"{API}.STREAM.MSG.GET.{stream}", _json.dumps(body), stream=stream
+        )
         error = answer.get("error")
         if error is not None and error.get("err_code") == NO_MESSAGE_FOUND:
             return None
-        raise_for_error(answer)
+        raise_for_error(answer, stream)
         message = answer["message"]
         return StoredMsg(
             message["seq"],
@@ -180,8 +229,10 @@ class JsApi:
         call began).
 
         An ephemeral in-memory pull consumer with no acks streams the messages; two pull
-        requests of *batch* messages are kept in flight so the server works while we
-        decode, and at most two batches are buffered (bounded memory). If the consumer
+        requests of at most *batch* messages and a bounded number of bytes are kept in
+        flight so the server works while we decode, and at most that much is buffered
+        (bounded memory, and never more than the client's pending limits, whatever the
+        size of the messages: see :func:`_replay_window`). If the consumer
         stalls or vanishes (leader change, a reader idle past the consumer's inactivity
         limit), a new one resumes after the last delivered message, within the deadline.
 
@@ -253,7 +304,7 @@ class JsApi:
         if start_seq > 1:
             config.update(deliver_policy="by_start_sequence", opt_start_seq=start_seq)
         body = {"stream_name": stream, "config": config}
-        info = await self.call(f"CONSUMER.CREATE.{stream}", body)
+        info = await self.call(f"CONSUMER.CREATE.{stream}", body, stream=stream)
         if info["num_pending"] == 0:
             await self._delete_consumer(stream, info["name"])
             return None
@@ -262,7 +313,25 @@ class JsApi:
     async def _drain(
         self, stream: str, name: str, pending: int, batch: int
     ) -> AsyncGenerator[StoredMsg, None]:
-        """Pull *pending* messages from the consumer. Raises _StalledError if none come."""
+        """Pull *pending* messages from the consumer. Raises _StalledError if none come.
+
+        Each pull request (``no_wait``) asks for at most *batch* messages and at most
+        ``max_bytes``, and at most two are in flight (see :func:`_replay_window`): neither
+        the server's buffer for this client nor our subscription and buffer ever hold
+        more than that, whatever the size of the events. A new pull is sent only once
+        one has ended.
+
+        The server hands a consumer's messages to its waiting pulls in turn, one message
+        each, so a message cannot be told to belong to one pull. What can be told is when
+        a pull ends: the server says so on the pull's own reply subject ("409 Batch
+        Completed" once it brought its batch; "409 Message Size Exceeds MaxBytes" when the
+        next message would pass its max_bytes, with the count it did not bring). So pulls
+        are tracked by reply subject, and their messages in aggregate (``owed``: what the
+        live pulls may still bring; when it reaches 0 every live pull has ended). The one
+        silent end, a pull whose bytes run out exactly, leaves that pull counted as live:
+        the replay goes on with the other one, and at worst stalls and resumes with a new
+        consumer.
+        """
         buffer: deque[Msg] = deque()
         arrived = asyncio.Event()
 
@@ -270,15 +339,42 @@ class JsApi:
             buffer.append(msg)
             arrived.set()
 
+        pulls, max_bytes = _replay_window(self.nc.max_payload)
         next_subject = f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"
-        pull = _json.dumps({"batch": batch, "no_wait": True})
+        full = _json.dumps({"batch": batch, "max_bytes": max_bytes, "no_wait": True})
+        # The first pull asks for half a batch: the server serves pulls in turn, so pulls
+        # of equal sizes would end together, and it would wait idle for the next ones.
+        first_batch = (batch + 1) // 2
+        first = _json.dumps({"batch": first_batch, "max_bytes": max_bytes, "no_wait": True})
+        live: dict[str, int] = {}  # reply subject of each pull in flight -> its batch
+        owed = received = sent = 0
         inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=on_msg)
+
+        async def top_up(owed: int, left: int) -> int:
+            # Pulls while fewer than *pulls* are live and the messages they owe do not
+            # cover the *left* ones (the server would refuse a no_wait pull beyond that:
+            # 408). Returns the messages the new pulls owe. (owed and received stay fast
+            # locals of the generator: this runs once per pull, they change per message.)
+            nonlocal sent
+            added = 0
+            while len(live) < pulls and owed + added < left:
+                sent += 1
+                reply = f"{inbox}.{sent}"
+                live[reply] = first_batch if sent == 1 else batch
+                added += live[reply]
+                await self.nc.publish(next_subject, first if sent == 1 else full, reply=reply)
+            return added
+
+        # The subscription's own limits (nats-py drops what passes them) sit well above
+        # what the pulls in flight can bring.
+        sub = await self.nc.subscribe(
+            f"{inbox}.*",
+            cb=on_msg,
+            pending_msgs_limit=2 * pulls * (batch + 1),
+            pending_bytes_limit=2 * pulls * max_bytes,
+        )
         try:
-            requested = received = 0
-            while requested < min(pending, 2 * batch):
-                await self.nc.publish(next_subject, pull, reply=inbox)
-                requested += batch
+            owed += await top_up(owed, pending - received)
             while received < pending:
                 if not buffer:
                     arrived.clear()
@@ -288,18 +384,38 @@ class JsApi:
                         raise _StalledError from exc
                     continue
                 msg = buffer.popleft()
-                if not msg.reply.startswith("$JS.ACK."):
-                    # A status answer: 404/408 when nothing more is there (messages
-                    # expired meanwhile); anything else means the consumer is gone.
-                    status = msg.headers.get("Status") if msg.headers else None
-                    if status in ("404", "408"):
-                        return
-                    raise _StalledError(f"pull request answered with status {status}")
-                received += 1
-                yield StoredMsg(_ack_stream_seq(msg.reply), msg.subject, msg.data)
-                if requested - received < batch and requested < pending:
-                    await self.nc.publish(next_subject, pull, reply=inbox)
-                    requested += batch
+                if msg.reply.startswith("$JS.ACK."):
+                    received += 1
+                    owed -= 1
+                    if owed == 0:  # every live pull brought all it asked for
+                        live.clear()
+                        owed += await top_up(owed, pending - received)
+                    yield StoredMsg(_ack_stream_seq(msg.reply), msg.subject, msg.data)
+                    continue
+                # A status message ending the pull whose reply subject it comes on.
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "404":  # no messages (left): nothing more is there
+                    return
+                description = headers.get("Description")
+                if status != "408" and (status != "409" or description not in _PULL_ENDS):
+                    # e.g. 409 Consumer Deleted, 409 Leadership Change: the consumer is gone.
+                    raise _StalledError(f"pull request answered with {status} {description}")
+                size = live.pop(msg.subject, None)
+                if size is None:  # a pull already known to have ended
+                    continue
+                unfilled = headers.get(_PENDING_MSGS)
+                owed -= size if unfilled is None else int(unfilled)
+                if description == _REQUESTS_PENDING:
+                    # Refused: the live pulls already cover every message left (some
+                    # vanished since the consumer was created). Expect no more than that.
+                    pending = received + owed
+                elif description == _MAX_BYTES and int(headers.get(_PENDING_BYTES, 0)) >= max_bytes:
+                    # Nothing delivered: the next message is larger than any pull may bring.
+                    raise JetStreamError(
+                        409, 0, f"{description}: a message is larger than {max_bytes} bytes"
+                    )
+                owed += await top_up(owed, pending - received)
         finally:
             if not self.nc.is_closed:
                 await sub.unsubscribe()
@@ -310,6 +426,38 @@ class JsApi:
             await self.nc.publish(f"{API}.CONSUMER.DELETE.{stream}.{name}", b"")
 
 
+# Replay flow control. nats-server cuts off a client whose outbound buffer passes its
+# max_pending (64 MiB by default) as a "Slow Consumer", and nats-py drops the messages of a
+# subscription holding more than its pending limits: a replay bounds the bytes its pull
+# requests may bring, not only their messages. This budget, for all pulls in flight
+# together, is a quarter of the default max_pending (room for the connection's other
+# traffic and for a reader slower than the network): two pulls of max_bytes
+# max(8 MiB, largest message). With the default 1 MiB max_payload that is 16 MiB in all.
+_REPLAY_BYTES_IN_FLIGHT = 16 * 1024 * 1024
+# What a delivered message weighs besides its headers and data (together at most the
+# server's max_payload): its subject and ack reply, which the server counts in max_bytes.
+_REPLAY_MSG_OVERHEAD = 64 * 1024
+# Status descriptions of a pull's end (nats-server consumer.go).
+_MAX_BYTES = "Message Size Exceeds MaxBytes"
+_REQUESTS_PENDING = "Requests Pending"  # 408: a no_wait pull beyond what is pending
+_PULL_ENDS = frozenset({"Batch Completed", _MAX_BYTES})  # the 409s that end only the pull
+_PENDING_MSGS = "Nats-Pending-Messages"
+_PENDING_BYTES = "Nats-Pending-Bytes"
+
+
+def _replay_window(max_payload: int) -> tuple[int, int]:
+    """(pull requests in flight, max_bytes of each) for a server's *max_payload*.
+
+    A pull's max_bytes must admit one message of the largest size, else the server would
+    end it with nothing delivered. A server allowing messages of more than half the
+    budget (nats-server warns above an 8 MiB max_payload) gets one pull at a time, so
+    what is in flight stays within max(budget, one message); the server itself keeps
+    max_payload at most max_pending.
+    """
+    max_bytes = max(_REPLAY_BYTES_IN_FLIGHT // 2, max_payload + _REPLAY_MSG_OVERHEAD)
+    return (2 if 2 * max_bytes <= _REPLAY_BYTES_IN_FLIGHT else 1), max_bytes
+
+
 def _ack_stream_seq(reply: str) -> int:
     # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the v2 form
     # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<x>
@@ -318,11 +466,16 @@ def _ack_stream_seq(reply: str) -> int:
 
 
 def decode_answer(data: bytes) -> dict[str, Any]:
-    """Decode a JetStream answer; raise TransientError for the "not now" answers."""
+    """Decode a JetStream answer; raise TransientError for the "not now" answers.
+
+    "JetStream not enabled" is a 503 too, but a lasting one: JetStreamNotEnabledError.
+    """
     answer: dict[str, Any] = _json.loads(data)
     error = answer.get("error")
     if error is not None:
         code, err_code = error.get("code"), error.get("err_code")
+        if err_code in (JETSTREAM_NOT_ENABLED, JETSTREAM_NOT_ENABLED_FOR_ACCOUNT):
+            raise JetStreamNotEnabledError(str(error.get("description")))
         if code in (503, 429) or err_code == DUPLICATE_IN_PROCESS:
             raise TransientError(ambiguous=err_code == DUPLICATE_IN_PROCESS)
     return answer
@@ -332,9 +485,13 @@ async def _backoff(limit: float) -> None:
     await asyncio.sleep(random.uniform(limit / 2, limit))
 
 
-def raise_for_error(answer: dict[str, Any]) -> None:
+def raise_for_error(answer: dict[str, Any], stream: str | None = None) -> None:
+    """Raise the answer's error, if any: StreamNotFoundError for "stream not found" when
+    the request was about *stream*, else JetStreamError."""
     error = answer.get("error")
     if error is not None:
+        if stream is not None and error.get("err_code") == STREAM_NOT_FOUND:
+            raise StreamNotFoundError(stream)
         raise JetStreamError(
             int(error.get("code", 0)), int(error.get("err_code", 0)), str(error.get("description"))
         )
