@@ -204,6 +204,7 @@ class NatsProxy:
         self._prefix = ""
         self._remaining = 0
         self._cut_changed: asyncio.Condition | None = None
+        self._partitioned = False
         self.urls: list[str] = []
         self.stats = ProxyStats()
         #: set at every cut (clear it yourself to wait for the next one)
@@ -257,6 +258,17 @@ class NatsProxy:
         self._prefix = subject_prefix
         self._remaining = count
 
+    def partition(self) -> None:
+        """Close every proxied connection now and refuse new ones until :meth:`heal`:
+        the clients behind the proxy hear nothing of what happens meanwhile."""
+        self._partitioned = True
+        for link in list(self._links):
+            link.close()
+
+    def heal(self) -> None:
+        """Accept connections again (the clients reconnect)."""
+        self._partitioned = False
+
     @property
     def armed(self) -> int:
         """How many cuts are still to come from the current arming."""
@@ -278,6 +290,9 @@ class NatsProxy:
         assert task is not None
         self._tasks.add(task)
         try:
+            if self._partitioned:
+                writer.close()
+                return
             try:
                 upstream = await asyncio.open_connection(host, port)
             except OSError:

@@ -28,17 +28,34 @@ def test_lru_eviction() -> None:
         VersionCache(0)
 
 
-def test_put_newer_never_replaces_a_later_message() -> None:
+def test_a_read_replaces_the_entry_unless_a_write_overtook_it() -> None:
     cache = VersionCache(2)
-    cache.put_newer("a", entry(5))
-    cache.put_newer("a", entry(3))  # a read overtaken by a write: ignored
-    assert cache.get("a") == entry(5)
-    cache.put_newer("a", entry(7))
+    cache.put("a", entry(5))
+    before = cache.get("a")
+    cache.put_read("a", entry(0), before)  # nothing changed meanwhile: a purge is the truth
+    assert cache.get("a") == entry(0)
+    before = cache.get("a")
+    cache.put("a", entry(7))  # a write of this store lands while the read is in flight
+    cache.put_read("a", entry(3), before)  # the read was overtaken: ignored
     assert cache.get("a") == entry(7)
     cache.put("b", entry(1))
-    cache.put_newer("a", entry(2))  # ignored, but "a" still counts as recently used
+    cache.put_read("a", entry(2), None)  # ignored, but "a" still counts as recently used
     cache.put("c", entry(1))
     assert cache.get("b") is None and cache.get("a") == entry(7)
+
+
+def test_clear_ignores_what_was_learnt_before_it() -> None:
+    cache = VersionCache(4)
+    generation = cache.generation
+    cache.put("a", entry(3), generation)
+    assert cache.get("a") == entry(3)
+    cache.clear()  # the stream was recreated
+    assert cache.get("a") is None and len(cache) == 0
+    cache.put("a", entry(3), generation)  # an append that began before the clear
+    cache.put_read("b", entry(4), None, generation)
+    assert cache.get("a") is None and cache.get("b") is None
+    cache.put("a", entry(1), cache.generation)
+    assert cache.get("a") == entry(1)
 
 
 async def test_keyed_locks_serialise_one_key_and_clean_up() -> None:

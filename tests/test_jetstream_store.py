@@ -316,8 +316,8 @@ async def test_namespaces_are_isolated(open_store: StoreFactory) -> None:
     tenant_a = await open_store(name, JetStreamConfig(namespace="tenant a"))
     tenant_b = await open_store(name, JetStreamConfig(namespace="tenant.b*>"))
     plain = await open_store(name)
-    assert tenant_a.stream_name == f"tenant_a_{name}"
-    assert tenant_b.stream_name == f"tenant_b___{name}"
+    assert tenant_a.stream_name == f"tenant_20a__{name}"
+    assert tenant_b.stream_name == f"tenant_2Eb_2A_3E__{name}"
     assert plain.stream_name == name
     await tenant_a.save_event(ev("acc", 1, tenant="a"))
     await tenant_b.save_event(ev("acc", 1, tenant="b"))
@@ -483,7 +483,7 @@ async def test_open_refuses_a_foreign_stream_with_the_same_name(nc: Client) -> N
     foreign = unique("foreign")
     await js.add_stream(name=foreign, subjects=[f"{foreign}.something.else"])
     try:
-        with pytest.raises(AetherError, match="does not hold subjects"):
+        with pytest.raises(AetherError, match="subjects"):
             await JetStreamEventStore.open(nc, foreign)
         assert (await js.stream_info(foreign)).config.subjects == [f"{foreign}.something.else"]
     finally:
@@ -496,13 +496,13 @@ async def test_attach_uses_an_existing_stream_and_creates_nothing(
     missing = unique("missing")
     with pytest.raises(StreamNotFoundError) as info:
         await JetStreamEventStore.attach(nc, missing, JetStreamConfig(namespace="ns"))
-    assert info.value.stream_name == f"ns_{missing}"
+    assert info.value.stream_name == f"ns__{missing}"
     names = [s.config.name for s in await nc.jetstream().streams_info()]
     assert not any(missing in name for name in names)
 
     owner = await open_store(unique("attach"), JetStreamConfig(namespace="ns"))
     await owner.save_events([ev("acc", 1), ev("acc", 2)])
-    name = owner.stream_name.removeprefix("ns_")
+    name = owner.stream_name.removeprefix("ns__")
     attached = await JetStreamEventStore.attach(nc, name, JetStreamConfig(namespace="ns"))
     assert attached.stream_name == owner.stream_name
     assert await attached.get_latest_version("acc") == 2
@@ -512,7 +512,7 @@ async def test_attach_uses_an_existing_stream_and_creates_nothing(
     foreign = unique("foreign")
     await nc.jetstream().add_stream(name=foreign, subjects=[f"{foreign}.other"])
     try:
-        with pytest.raises(AetherError, match="does not hold subjects"):
+        with pytest.raises(AetherError, match="subjects"):
             await JetStreamEventStore.attach(nc, foreign)
     finally:
         await nc.jetstream().delete_stream(foreign)
@@ -523,7 +523,9 @@ def test_config_defaults_and_validation() -> None:
         namespace="", stream_retention=timedelta(0), replica_count=0, version_cache_size=0
     )
     assert config == JetStreamConfig()
-    assert config.stream_retention == timedelta(days=365)
+    assert config.stream_retention is None  # events are kept forever unless asked
+    with pytest.raises(ValueError, match="stream_retention"):
+        JetStreamConfig(stream_retention=timedelta(seconds=30))  # under the duplicate window
     assert config.version_cache_size == 100_000
     with pytest.raises(ValueError):
         JetStreamConfig(replica_count=-1)
@@ -541,16 +543,34 @@ async def test_stream_settings_follow_the_config(open_store: StoreFactory, nc: C
     assert info.config.storage == "memory"
     assert info.config.max_age == pytest.approx(2 * 86400)
     assert info.config.subjects == [f"{store.stream_name}.events.>"]
+    assert store.stream_settings.max_age == timedelta(days=2)
+    forever = await open_store(unique("cfg"))
+    assert (await nc.jetstream().stream_info(forever.stream_name)).config.max_age == 0
+    assert forever.stream_settings.max_age is None
+
+
+async def test_a_second_open_reports_the_existing_streams_real_settings(
+    open_store: StoreFactory,
+) -> None:
+    name = unique("second")
+    first = await open_store(name, JetStreamConfig(storage="memory"))
+    second = await open_store(
+        name, JetStreamConfig(storage="file", stream_retention=timedelta(days=3))
+    )
+    assert second.config.storage == "file"  # what was asked ...
+    assert second.stream_settings.storage == "memory"  # ... and what the stream is
+    assert second.stream_settings.max_age is None
+    assert second.stream_settings.created == first.stream_settings.created
 
 
 async def test_streams_carry_aether_metadata(open_store: StoreFactory, nc: Client) -> None:
     name = unique("meta")
     store = await open_store(name, JetStreamConfig(namespace="tenant a.b"))
-    assert store.stream_name == f"tenant_a_b_{name}"
+    assert store.stream_name == f"tenant_20a_2Eb__{name}"
     js = nc.jetstream()
     events = (await js.stream_info(store.stream_name)).config.metadata
     snapshots = (await js.stream_info(f"{store.stream_name}_snapshots")).config.metadata
-    expected = {"aether.namespace": "tenant_a_b", "aether.stream": name}
+    expected = {"aether.namespace": "tenant a.b", "aether.stream": name}
     assert events == {**events, **expected, "aether.kind": "events"}
     assert snapshots == {**snapshots, **expected, "aether.kind": "snapshots"}
 

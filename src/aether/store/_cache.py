@@ -38,6 +38,8 @@ class VersionCache:
             raise ValueError("max_size must be at least 1")
         self.max_size = max_size
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        #: bumped by :meth:`clear`; a put of a value learnt before a clear is ignored
+        self.generation = 0
 
     def get(self, actor_id: str) -> CacheEntry | None:
         entry = self._entries.get(actor_id)
@@ -45,23 +47,43 @@ class VersionCache:
             self._entries.move_to_end(actor_id)
         return entry
 
-    def put(self, actor_id: str, entry: CacheEntry) -> None:
+    def put(self, actor_id: str, entry: CacheEntry, generation: int | None = None) -> None:
+        """Cache *entry*; if *generation* is given and the cache was cleared since (the
+        entry was learnt in an older incarnation of the stream), do nothing."""
+        if generation is not None and generation != self.generation:
+            return
         self._entries[actor_id] = entry
         self._entries.move_to_end(actor_id)
         if len(self._entries) > self.max_size:
             self._entries.popitem(last=False)
 
-    def put_newer(self, actor_id: str, entry: CacheEntry) -> None:
-        """Put *entry* unless the cached one is of a later message (a higher ``seq``).
+    def put_read(
+        self,
+        actor_id: str,
+        entry: CacheEntry,
+        before: CacheEntry | None,
+        generation: int | None = None,
+    ) -> None:
+        """Put *entry*, read from the server without the actor's lock; *before* is what
+        the cache held when the read began.
 
-        For reads made without the actor's lock: a read that was overtaken by a write
-        must not replace what that write cached.
+        If nothing changed meanwhile, the read is the truth and replaces the entry even if
+        it went backwards (an operator purged the subject). If a write of this store
+        replaced the entry meanwhile, the read may have been overtaken by that write: the
+        entry of the later message (higher ``seq``) wins.
         """
         current = self._entries.get(actor_id)
-        self.put(actor_id, entry if current is None or current.seq <= entry.seq else current)
+        if current is not before and current is not None and current.seq > entry.seq:
+            entry = current
+        self.put(actor_id, entry, generation)
 
     def discard(self, actor_id: str) -> None:
         self._entries.pop(actor_id, None)
+
+    def clear(self) -> None:
+        """Forget every entry (the stream was recreated: its sequences mean nothing now)."""
+        self._entries.clear()
+        self.generation += 1
 
     def __len__(self) -> int:
         return len(self._entries)

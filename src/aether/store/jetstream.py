@@ -18,18 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass, fields, replace
-from datetime import timedelta
-from typing import Any, Literal
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from aether.errors import (
-    AetherError,
     EventTooLargeError,
     InvalidEventError,
-    JetStreamError,
+    JetStreamNotEnabledError,
     StreamNotFoundError,
     UnsupportedServerError,
     VersionConflictError,
@@ -37,14 +39,12 @@ from aether.errors import (
 from aether.event import ActorSnapshot, Event, check_actor_id
 from aether.replay import ReplayError, ReplayResult
 from aether.store import _rules
+from aether.store._append import PendingAppend, Step, decide
 from aether.store._cache import EMPTY, CacheEntry, KeyedLocks, VersionCache
 from aether.store._jsapi import (
+    API,
     BATCH_DUPLICATE_MSG_ID,
     BATCH_INCOMPLETE,
-    NS_PER_SECOND,
-    STREAM_CREATE_FAILED,
-    STREAM_NAME_IN_USE,
-    STREAM_NOT_FOUND,
     WRONG_LAST_SEQUENCE,
     WRONG_LAST_SEQUENCE_IN_FLIGHT,
     JsApi,
@@ -53,48 +53,15 @@ from aether.store._jsapi import (
     decode_answer,
     raise_for_error,
 )
-from aether.store._subjects import encode_actor_id, real_stream_name, stream_metadata
+from aether.store._provision import StreamSettings, find, provision
+from aether.store._subjects import SNAPSHOTS_SUFFIX, encode_actor_id
+from aether.store.config import JetStreamConfig
 
 # Bytes of headers an append adds besides the event id (batch headers included).
 _HEADER_ALLOWANCE = 256
 # How long to let an in-flight write to the same subject commit (clustered streams).
 _IN_FLIGHT_PAUSE = 0.005
-# nats-server's limit on messages per atomic batch.
-MAX_BATCH_SIZE = 1000
 _ATOMIC_SINCE = (2, 12)
-
-
-@dataclass(frozen=True)
-class JetStreamConfig:
-    """How the store lays out and talks to its stream. Zero/empty values mean the default.
-
-    ``request_timeout`` bounds one request; ``retry_deadline`` bounds how long a request
-    whose outcome is unknown (timeout, no responders, reconnect) is re-sent before
-    :class:`~aether.errors.StoreUnavailableError`.
-    """
-
-    namespace: str = ""
-    stream_retention: timedelta = timedelta(days=365)
-    replica_count: int = 1
-    storage: Literal["file", "memory"] = "file"
-    version_cache_size: int = 100_000
-    request_timeout: timedelta = timedelta(seconds=2)
-    retry_deadline: timedelta = timedelta(seconds=30)
-    replay_batch_size: int = 500
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not value:  # zero, empty string, timedelta(0) or None: the default
-                object.__setattr__(self, f.name, f.default)
-            elif (isinstance(value, int) and value < 0) or (
-                isinstance(value, timedelta) and value < timedelta(0)
-            ):
-                raise ValueError(f"JetStreamConfig.{f.name} must not be negative")
-        if self.storage not in ("file", "memory"):
-            raise ValueError(f"storage must be 'file' or 'memory', got {self.storage!r}")
-        if not 1 <= self.replay_batch_size <= 10_000:
-            raise ValueError("replay_batch_size must be between 1 and 10000")
 
 
 @dataclass
@@ -119,26 +86,56 @@ class JetStreamEventStore:
         self,
         nc: Client,
         api: JsApi,
-        stream_name: str,
         config: JetStreamConfig,
+        events: StreamSettings,
+        snapshot_stream: str,
         atomic: bool,
-        replicated: bool = False,
     ) -> None:
+        # Use open() or attach(): they provision the streams and call _listen().
         self._nc = nc
         self._api = api
         self._config = config
-        self._stream = stream_name
-        self._snapshot_stream = f"{stream_name}_snapshots"
+        self._settings = events
+        self._stream = stream_name = events.name
+        self._snapshot_stream = snapshot_stream
         self._event_prefix = f"{stream_name}.events."
         self._snapshot_prefix = f"{stream_name}.snapshots."
         self._atomic = atomic
-        self._replicated = replicated  # the stream as it is, not as the config asked
+        self._replicated = events.replicas > 1  # the stream as it is, not as asked
         self._cache = VersionCache(config.version_cache_size)
         # actor -> (snapshot version, stream sequence of that version's event), learnt from
         # the snapshots read: where a replay after a snapshot starts (see _seek).
         self._snapshot_marks = VersionCache(min(config.version_cache_size, _MAX_SNAPSHOT_MARKS))
         self._locks = KeyedLocks()
         self._stats = StoreStats()
+        # The stream's identity (its creation time): the cache is valid within it only.
+        self._created = events.created
+        self._reconnects_seen: int = nc.stats["reconnects"]
+        self._advisories: Subscription | None = None
+
+    async def _listen(self) -> None:
+        """Subscribe to the stream's advisories before the cache is used (see
+        :meth:`_on_advisory`); the flush makes sure the server has the subscription."""
+        self._advisories = await self._nc.subscribe(
+            f"{_ADVISORY_PREFIX}.*.{self._stream}", cb=self._on_advisory
+        )
+        await self._nc.flush(timeout=max(1, int(self._api.request_timeout)))
+
+    async def close(self) -> None:
+        """Stop listening to the stream's advisories. The connection stays the caller's.
+
+        Idempotent. A closed store must not be used for appends: it could no longer tell
+        that its stream was recreated.
+        """
+        sub, self._advisories = self._advisories, None
+        if sub is not None and not self._nc.is_closed:
+            await sub.unsubscribe()
+
+    async def __aenter__(self) -> JetStreamEventStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     @classmethod
     async def open(
@@ -148,42 +145,25 @@ class JetStreamEventStore:
 
         *nc* is the caller's connected client: its auth, TLS and reconnect settings are used
         as they are. Several stores (in any number of processes) may open the same stream.
+        The store subscribes to the stream's JetStream advisories
+        (``$JS.EVENT.ADVISORY.STREAM.*.<stream>``) to notice the stream being recreated;
+        :meth:`close` (or ``async with``) ends that subscription.
+
+        Raises JetStreamNotEnabledError at once if the server has no JetStream.
         """
         config = config or JetStreamConfig()
-        real_name = real_stream_name(config.namespace, stream_name)
         api = _api_for(nc, config)
+        await _require_jetstream(nc, config.request_timeout.total_seconds())
         version = nc.connected_server_version
         atomic = (version.major, version.minor) >= _ATOMIC_SINCE
-        common = {
-            "retention": "limits",
-            "discard": "old",
-            "storage": config.storage,
-            "num_replicas": config.replica_count,
-        }
-        events = await _ensure_stream(
-            api,
-            {
-                "name": real_name,
-                "subjects": [f"{real_name}.events.>"],
-                "max_age": int(config.stream_retention.total_seconds() * NS_PER_SECOND),
-                "duplicate_window": 120 * NS_PER_SECOND,
-                **({"allow_atomic": True} if atomic else {}),
-                "metadata": stream_metadata("events", config.namespace, stream_name),
-                **common,
-            },
+        events, snapshots = await provision(
+            api, config.namespace, stream_name, config, atomic=atomic
         )
-        await _ensure_stream(
-            api,
-            {
-                "name": f"{real_name}_snapshots",
-                "subjects": [f"{real_name}.snapshots.>"],
-                "max_msgs_per_subject": 1,
-                "metadata": stream_metadata("snapshots", config.namespace, stream_name),
-                **common,
-            },
-        )
-        replicated = events.get("num_replicas", 1) > 1
-        return cls(nc, api, real_name, config, atomic, replicated)
+        store = cls(nc, api, config, events, snapshots.name, atomic)
+        await store._listen()
+        # A recreation between the provisioning above and the subscription: ask once.
+        await store._refresh_identity()
+        return store
 
     @classmethod
     async def attach(
@@ -198,18 +178,14 @@ class JetStreamEventStore:
         AetherError if it does not hold aether's event subjects.
         """
         config = config or JetStreamConfig()
-        real_name = real_stream_name(config.namespace, stream_name)
         api = _api_for(nc, config)
-        try:
-            info = await api.call(f"STREAM.INFO.{real_name}")
-        except JetStreamError as exc:
-            if exc.err_code == STREAM_NOT_FOUND:
-                raise StreamNotFoundError(real_name) from None
-            raise
-        existing: dict[str, Any] = info["config"]
-        _check_subjects(existing, f"{real_name}.events.>")
-        replicated = existing.get("num_replicas", 1) > 1
-        return cls(nc, api, real_name, config, bool(existing.get("allow_atomic")), replicated)
+        await _require_jetstream(nc, config.request_timeout.total_seconds())
+        events, snapshots = await find(api, config.namespace, stream_name, config)
+        snapshot_stream = events.name + SNAPSHOTS_SUFFIX if snapshots is None else snapshots.name
+        store = cls(nc, api, config, events, snapshot_stream, events.allow_atomic)
+        await store._listen()
+        await store._refresh_identity()
+        return store
 
     @property
     def stream_name(self) -> str:
@@ -218,8 +194,16 @@ class JetStreamEventStore:
 
     @property
     def config(self) -> JetStreamConfig:
-        """The configuration the store was opened with (defaults filled in)."""
+        """The configuration the store was opened with (defaults filled in): what was
+        *asked*. An existing stream keeps its own settings; see :attr:`stream_settings`."""
         return self._config
+
+    @property
+    def stream_settings(self) -> StreamSettings:
+        """The events stream's real settings as the server held them when the store was
+        opened (or last checked the stream's identity, after a reconnect): replicas,
+        storage, max age, duplicate window, creation time, ..."""
+        return self._settings
 
     @property
     def stats(self) -> StoreStats:
@@ -239,17 +223,23 @@ class JetStreamEventStore:
     # -- writes ---------------------------------------------------------------------------
 
     async def save_event(self, event: Event) -> None:
-        """Append *event*. One round trip when the actor's cache entry is warm and current.
+        """Append *event*: one round trip when the actor's cache entry is warm and current.
 
         Raises VersionConflictError (nothing written) if ``event.version`` is not greater
         than the actor's latest version, as checked by the server across all writers.
-        Saving an event that is already the actor's latest (same id) returns normally.
-        Raises InvalidEventError / EventTooLargeError before any I/O for bad input, and
-        StoreUnavailableError if the outcome stayed unknown past ``retry_deadline``.
+        Saving an event that is already the actor's latest (same id and version) returns
+        normally; saving one that is stored but no longer the latest raises
+        VersionConflictError. Raises InvalidEventError / EventTooLargeError before any I/O
+        for bad input, and InvalidEventError (nothing written) if the event's id is
+        already used by another stored event. Raises StreamNotFoundError at once if the
+        stream was deleted, and StoreUnavailableError if the outcome stayed unknown past
+        ``retry_deadline``. The event is read once, when it is encoded: changing it while
+        the save is in flight changes nothing.
         """
-        payload = _rules.encode_event(event)
-        self._check_size(payload, event.id)
-        await self._save(event.actor_id, [event], [payload], None)
+        encoded = _rules.prepare_event(event)
+        self._check_size(encoded.payload, encoded.id)
+        subject = self._event_prefix + encode_actor_id(encoded.actor_id)
+        await self._append(PendingAppend.of(subject, [encoded], None))
 
     async def save_events(
         self, events: Sequence[Event], *, expected_version: int | None = None
@@ -257,13 +247,13 @@ class JetStreamEventStore:
         """Append several events of one actor atomically (all or none).
 
         With ``expected_version`` the actor's latest version must equal it. Needs
-        nats-server >= 2.12 (atomic batch publish) for more than one event.
+        nats-server >= 2.12 (atomic batch publish) for more than one event. Errors as for
+        :meth:`save_event`; an id in the batch already used by another event (within the
+        stream's duplicate window) raises InvalidEventError and nothing is written.
         """
-        payloads = _rules.encode_batch(events)
+        batch = _rules.prepare_batch(events)
         expected = _rules.check_expected_version(expected_version)
-        if len(events) > MAX_BATCH_SIZE:
-            raise InvalidEventError(f"save_events takes at most {MAX_BATCH_SIZE} events")
-        if len(events) > 1 and not self._atomic:
+        if len(batch) > 1 and not self._atomic:
             version = self._nc.connected_server_version
             if (version.major, version.minor) >= _ATOMIC_SINCE:
                 raise UnsupportedServerError(
@@ -274,126 +264,147 @@ class JetStreamEventStore:
                 "save_events with several events needs nats-server >= 2.12 (atomic batch "
                 f"publish); connected to {version}"
             )
-        for event, payload in zip(events, payloads, strict=True):
-            self._check_size(payload, event.id)
-        await self._save(events[0].actor_id, events, payloads, expected)
+        for encoded in batch:
+            self._check_size(encoded.payload, encoded.id)
+        subject = self._event_prefix + encode_actor_id(batch[0].actor_id)
+        await self._append(PendingAppend.of(subject, batch, expected))
 
-    async def _save(
-        self,
-        actor_id: str,
-        events: Sequence[Event],
-        payloads: list[bytes],
-        expected_version: int | None,
-        known: CacheEntry | None = None,
-    ) -> None:
-        """Append under the actor's lock, starting from *known* (just read) or the cache."""
-        subject = self.subject_for(actor_id)
-        await self._locks.acquire(actor_id)
-        try:
-            entry, fresh = known, True
-            if entry is None:
-                entry = self._cache.get(actor_id)
-                fresh = entry is None
-                if entry is None:
-                    self._stats.cache_misses += 1
-                    entry = await self._read_tail(actor_id, subject)
-                else:
-                    self._stats.cache_hits += 1
-            try:
-                await self._append(
-                    actor_id, subject, events, payloads, entry, fresh, expected_version
-                )
-                return
-            except _CachedConflict:
-                pass
-        finally:
-            self._locks.release(actor_id)
-        # The cached entry says the append conflicts. Read the true current version
-        # for the error without holding up the actor's other writers: on a hot actor they
-        # would otherwise queue behind one read per losing writer.
-        entry = await self._read_tail(actor_id, subject)
-        self._cache.put_newer(actor_id, entry)
-        last = events[-1]
-        if (entry.event_id, entry.version) != (last.id, last.version):
-            try:
-                _rules.check_batch_versions(events, entry.version, expected_version)
-            except VersionConflictError:
-                self._stats.conflicts += 1
-                raise
-        # Not a conflict after all (the cached entry was outdated, e.g. the subject was
-        # purged): append under the lock, starting from the entry just read.
-        await self._save(actor_id, events, payloads, expected_version, entry)
+    async def _append(self, append: PendingAppend) -> None:
+        """Drive *append* to its outcome. The decisions are :func:`_append.decide`'s.
 
-    async def _append(
-        self,
-        actor_id: str,
-        subject: str,
-        events: Sequence[Event],
-        payloads: list[bytes],
-        entry: CacheEntry,
-        fresh: bool,
-        expected_version: int | None,
-    ) -> None:
-        """The optimistic-concurrency loop. The caller holds the actor's lock.
-
-        *fresh* says whether *entry* was just read from the server rather than the cache.
+        Under the actor's lock: start from the cached tail (or read it on a miss) and
+        publish, re-reading the tail from the server whenever it refuses the expected
+        sequence. Only when the *cached* tail would decide the outcome by itself (a
+        conflict, or "already stored") is the lock released, the tail read from the
+        server, and the decision taken again: on a hot actor the losing writers then do
+        not queue behind one read each.
         """
-        last = events[-1]
-        first_known_seq = entry.seq
-        ambiguous = False  # did an attempt time out, so that it may have landed?
-        while True:
-            if entry.event_id == last.id and entry.version == last.version:
-                self._cache.put_newer(actor_id, entry)
-                return  # already stored: by our own earlier attempt or a caller's retry
-            try:
-                _rules.check_batch_versions(events, entry.version, expected_version)
-            except VersionConflictError:
-                if not fresh:
-                    # Certain (versions only grow); the caller reads the true current
-                    # version for the error after releasing the lock.
-                    raise _CachedConflict from None
-                if ambiguous and await self._find_landed(subject, last, first_known_seq):
-                    self._cache.discard(actor_id)
+        actor_id = append.actor_id
+        with self._forget_if_stream_missing():
+            await self._check_identity()
+            server_tail: CacheEntry | None = None
+            while True:
+                if server_tail is not None:
+                    step = decide(append, server_tail, from_server=True)
+                    if step is Step.STORED:
+                        return
+                    if step is Step.CONFLICT:
+                        self._stats.conflicts += 1
+                        raise VersionConflictError(
+                            actor_id, append.versions[0], server_tail.version
+                        )
+                await self._locks.acquire(actor_id)
+                try:
+                    settled = await self._attempt(append, server_tail)
+                finally:
+                    self._locks.release(actor_id)
+                if settled:
                     return
-                self._cache.put_newer(actor_id, entry)
+                before, generation = self._cache.get(actor_id), self._cache.generation
+                server_tail = await self._read_tail(actor_id, append.subject)
+                self._cache.put_read(actor_id, server_tail, before, generation)
+
+    async def _attempt(self, append: PendingAppend, server_tail: CacheEntry | None) -> bool:
+        """Publish *append* from *server_tail* or else the cache. The caller holds the
+        actor's lock. Returns False if the cached tail would decide the outcome by itself
+        (the caller reads it from the server), True once the append is settled."""
+        actor_id = append.actor_id
+        generation = self._cache.generation
+        tail, from_server = server_tail, server_tail is not None
+        if tail is None:
+            tail = self._cache.get(actor_id)
+            if tail is not None:
+                self._stats.cache_hits += 1
+            else:
+                self._stats.cache_misses += 1
+                tail, from_server = await self._read_tail(actor_id, append.subject), True
+                self._cache.put(actor_id, tail, generation)
+        first_seq = tail.seq  # an attempt of ours that timed out lands after this
+        ambiguous = False  # may an attempt of this call have been stored unseen?
+        with_msg_id = True
+        while True:
+            step = decide(append, tail, from_server=from_server)
+            if step is Step.READ:
+                return False
+            if step is Step.STORED:
+                self._cache.put(actor_id, tail, generation)
+                return True
+            if step is Step.CONFLICT:
+                if ambiguous and await self._landed_after(append, first_seq):
+                    self._cache.discard(actor_id)  # the tail's sequence is unknown now
+                    return True
+                self._cache.put(actor_id, tail, generation)
                 self._stats.conflicts += 1
-                raise
-            answer, was_ambiguous = await self._publish(subject, events, payloads, entry.seq)
+                raise VersionConflictError(actor_id, append.versions[0], tail.version)
+            answer, was_ambiguous = await self._publish(append, tail.seq, with_msg_id)
             ambiguous = ambiguous or was_ambiguous
             error = answer.get("error")
+            if error is None and not answer.get("duplicate"):
+                stored = CacheEntry(append.last_version, answer["seq"], append.last_id)
+                self._cache.put(actor_id, stored, generation)
+                return True
             if error is None:
-                if answer.get("duplicate"):
-                    # The server had this id already; make sure it is *this* event.
-                    await self._check_duplicate(subject, last, answer["seq"])
-                    self._cache.discard(actor_id)  # the tail's sequence is unknown now
+                # The server already knows this id (its duplicate window) and stored
+                # nothing now: look at what that id was stored as.
+                held = await self._held_at(append, answer["seq"])
+                if held is _Held.OTHER:
+                    raise InvalidEventError(
+                        f"event id {append.last_id!r} was already used by another event "
+                        "(ids must be unique)"
+                    )
+                if held is _Held.OURS:
+                    if ambiguous:
+                        self._cache.discard(actor_id)  # an attempt of this call landed
+                        return True
+                    # Stored before this call: settled by the tail, like any re-save (it
+                    # is either still the latest event or a conflict).
+                    tail = await self._read_tail(actor_id, append.subject)
+                    if not append.is_at(tail):
+                        self._cache.put(actor_id, tail, generation)
+                        self._stats.conflicts += 1
+                        raise VersionConflictError(actor_id, append.versions[0], tail.version)
+                    continue
+                # The id's message is gone (purged, deleted): store the event again. The
+                # expected sequence, not the id, keeps a retried copy from landing twice.
+                with_msg_id = False
+            else:
+                code = error.get("err_code")
+                if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
+                    # Someone wrote since the tail we knew (or our own timed-out attempt
+                    # landed): read the tail from the server and decide again.
+                    self._stats.stale_cache_repairs += 1
+                    await _pause_if_in_flight(code)
+                elif code == BATCH_DUPLICATE_MSG_ID:
+                    tail = await self._read_tail(actor_id, append.subject)
+                    if append.is_at(tail) or (
+                        ambiguous and await self._landed_after(append, first_seq)
+                    ):
+                        self._cache.discard(actor_id)
+                        return True
+                    raise InvalidEventError(
+                        "an event id in this batch was already used by another event "
+                        "(within the stream's duplicate window)"
+                    )
+                elif ambiguous and await self._landed_after(append, first_seq):
+                    self._cache.discard(actor_id)  # an earlier attempt landed; this
+                    return True  # answer is about a later copy
                 else:
-                    self._cache.put(actor_id, CacheEntry(last.version, answer["seq"], last.id))
-                return
-            code = error.get("err_code")
-            if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
-                # Someone wrote since our cache entry (or our own timed-out attempt landed):
-                # repair the entry from the server and decide again.
-                self._stats.stale_cache_repairs += 1
-                await _pause_if_in_flight(code)
-                entry, fresh = await self._read_tail(actor_id, subject), True
-                continue
-            if code == BATCH_DUPLICATE_MSG_ID:
-                if await self._landed(actor_id, subject, last, first_known_seq):
-                    return
-                raise InvalidEventError("an event id in this batch was already used")
-            if ambiguous and await self._landed(actor_id, subject, last, first_known_seq):
-                return  # an earlier attempt landed; this answer is about a later copy
-            raise_for_error(answer)
+                    raise_for_error(answer, self._stream)
+            tail, from_server = await self._read_tail(actor_id, append.subject), True
+            self._cache.put(actor_id, tail, generation)
 
     async def _publish(
-        self, subject: str, events: Sequence[Event], payloads: list[bytes], expected_seq: int
+        self, append: PendingAppend, expected_seq: int, with_msg_id: bool
     ) -> tuple[dict[str, Any], bool]:
-        if len(events) == 1:
-            headers = {
-                "Nats-Msg-Id": events[0].id,
-                "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
-            }
-            return await self._api.request(subject, payloads[0], headers)
+        """One publish (or atomic batch) of *append*, retried until its outcome is known."""
+        subject = append.subject
+        if len(append.payloads) == 1:
+            headers = {"Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
+            if with_msg_id:
+                headers["Nats-Msg-Id"] = append.ids[0]
+            return await self._api.request(
+                subject, append.payloads[0], headers, stream=self._stream
+            )
 
         # Non-final batch messages go without a reply subject (one round trip per batch),
         # so when the server refuses one, the commit only says "batch incomplete" (nothing
@@ -406,13 +417,16 @@ class JetStreamEventStore:
             nonlocal diagnose
             # A fresh batch id per attempt: a retry re-sends the whole batch.
             batch_id = uuid.uuid4().hex
-            last_index = len(payloads) - 1
-            for index, (event, payload) in enumerate(zip(events, payloads, strict=True)):
+            last_index = len(append.payloads) - 1
+            for index, (event_id, payload) in enumerate(
+                zip(append.ids, append.payloads, strict=True)
+            ):
                 headers = {
                     "Nats-Batch-Id": batch_id,
                     "Nats-Batch-Sequence": str(index + 1),
-                    "Nats-Msg-Id": event.id,
                 }
+                if with_msg_id:
+                    headers["Nats-Msg-Id"] = event_id
                 if index == 0:
                     headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
                 if index < last_index and not diagnose:
@@ -433,33 +447,25 @@ class JetStreamEventStore:
                 return answer
             raise AssertionError("unreachable: a batch has at least one event")
 
-        return await self._api.until_known(attempt)
+        return await self._api.until_known(attempt, stream=self._stream)
 
-    async def _check_duplicate(self, subject: str, event: Event, seq: int) -> None:
+    async def _held_at(self, append: PendingAppend, seq: int) -> _Held:
+        """What the stream holds at *seq*, where the server says *append*'s id was stored."""
         stored = await self._api.get_msg(self._stream, {"seq": seq})
-        if stored is not None and stored.subject == subject:
-            found = _decode(stored, event.actor_id)
-            if isinstance(found, Event) and (found.id, found.version) == (event.id, event.version):
-                return
-        raise InvalidEventError(
-            f"event id {event.id!r} was already used by another event (ids must be unique)"
-        )
+        if stored is None:
+            return _Held.NOTHING
+        if stored.subject != append.subject:
+            return _Held.OTHER
+        found = _decode(stored, append.actor_id)
+        return _Held.OURS if isinstance(found, Event) and append.is_event(found) else _Held.OTHER
 
-    async def _landed(self, actor_id: str, subject: str, event: Event, after_seq: int) -> bool:
-        """Whether *event* is stored (at the tail, or after *after_seq*); drops the cache
-        entry if so, since the tail's sequence is then unknown."""
-        tail = await self._read_tail(actor_id, subject)
-        if tail.event_id == event.id or await self._find_landed(subject, event, after_seq):
-            self._cache.discard(actor_id)
-            return True
-        return False
-
-    async def _find_landed(self, subject: str, event: Event, after_seq: int) -> bool:
-        """Whether *event* is stored after *after_seq*: did a timed-out attempt land?"""
-        items = self._decoded(event.actor_id, subject, after_seq + 1)
+    async def _landed_after(self, append: PendingAppend, after_seq: int) -> bool:
+        """Whether *append*'s last event is stored after *after_seq* (same actor, id and
+        version): did an attempt of ours that timed out land?"""
+        items = self._decoded(append.actor_id, append.subject, after_seq + 1)
         async with contextlib.aclosing(items):
             async for item in items:
-                if isinstance(item, Event) and item.id == event.id:
+                if isinstance(item, Event) and append.is_event(item):
                     return True
         return False
 
@@ -469,20 +475,67 @@ class JetStreamEventStore:
         if len(payload) > limit:
             raise EventTooLargeError(len(payload), limit)
 
+    # -- the stream's identity ------------------------------------------------------------
+
+    async def _check_identity(self) -> None:
+        """Drop the cache if the stream may have been recreated while we could not hear.
+
+        Sequences restart when a stream is deleted and created again, so a cached
+        sequence is only meaningful within one incarnation of the stream (identified by
+        its creation time). The store hears of a new incarnation through the server's
+        stream advisories (see :meth:`_on_advisory`); while the connection was down it
+        could not, so after a reconnect the first append asks the server once.
+        """
+        if self._nc.stats["reconnects"] != self._reconnects_seen:
+            await self._refresh_identity()
+
+    async def _refresh_identity(self) -> None:
+        """Ask the server for the stream's identity; drop the cache if it changed."""
+        reconnects = self._nc.stats["reconnects"]
+        info = await self._api.call(f"STREAM.INFO.{self._stream}", stream=self._stream)
+        self._reconnects_seen = reconnects
+        self._settings = StreamSettings.from_info(info)
+        if self._settings.created != self._created:
+            self._created = self._settings.created
+            self._forget()
+
+    async def _on_advisory(self, msg: Msg) -> None:
+        # $JS.EVENT.ADVISORY.STREAM.<action>.<stream>: a stream deleted or created under
+        # this name is a new incarnation, whose sequences say nothing of the old one's.
+        if msg.subject.split(".")[4] in ("CREATED", "DELETED"):
+            self._forget()
+
+    def _forget(self) -> None:
+        """Forget everything tied to the stream's sequences (the cache, snapshot marks)."""
+        self._cache.clear()
+        self._snapshot_marks.clear()
+
+    @contextlib.contextmanager
+    def _forget_if_stream_missing(self) -> Iterator[None]:
+        try:
+            yield
+        except StreamNotFoundError:
+            self._forget()
+            raise
+
     # -- reads ----------------------------------------------------------------------------
 
     async def get_latest_version(self, actor_id: str) -> int:
         """The actor's latest version, read from the stream leader in one request.
 
-        Reflects every write acknowledged before the call, and refreshes the cache; a
-        read overtaken by a write never replaces the newer entry (entries are ordered by
-        stream sequence), so reads need not wait for the actor's writers. (Only if the
+        Reflects every write acknowledged before the call, and refreshes the cache: it
+        replaces the entry even if the actor went backwards (an operator purged its
+        subject), except that a read overtaken by a concurrent write of this store never
+        replaces that write's newer entry, so reads need not wait for the actor's writers.
+        Raises StreamNotFoundError if the stream was deleted. (Only if the
         newest message on the subject is malformed, a foreign writer's, does it scan the
         subject for the newest valid version.)
         """
         subject = self.subject_for(actor_id)
-        entry = await self._read_tail(actor_id, subject)
-        self._cache.put_newer(actor_id, entry)
+        before, generation = self._cache.get(actor_id), self._cache.generation
+        with self._forget_if_stream_missing():
+            entry = await self._read_tail(actor_id, subject)
+        self._cache.put_read(actor_id, entry, before, generation)
         return entry.version
 
     async def _read_tail(self, actor_id: str, subject: str) -> CacheEntry:
@@ -603,9 +656,10 @@ class JetStreamEventStore:
             batch=self._config.replay_batch_size,
             replicated=self._replicated,
         )
-        async with contextlib.aclosing(messages):
-            async for msg in messages:
-                yield _decode(msg, actor_id)
+        with self._forget_if_stream_missing():
+            async with contextlib.aclosing(messages):
+                async for msg in messages:
+                    yield _decode(msg, actor_id)
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -638,13 +692,15 @@ class JetStreamEventStore:
                 "Nats-Expected-Last-Subject-Sequence": str(current.seq if current else 0),
                 **mark,
             }
-            answer, _ = await self._api.request(subject, payload, headers)
+            answer, _ = await self._api.request(
+                subject, payload, headers, stream=self._snapshot_stream
+            )
             error = answer.get("error")
             if error is None:
                 return
             code = error.get("err_code")
             if code not in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
-                raise_for_error(answer)
+                raise_for_error(answer, self._snapshot_stream)
             # Another writer stored a snapshot meanwhile: compare against it.
             await _pause_if_in_flight(code)
 
@@ -702,14 +758,37 @@ def _decode_snapshot(msg: StoredMsg) -> ActorSnapshot | None:
         return None
 
 
-_CREATE_ATTEMPTS = 6
+_ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.STREAM"
 _EVENT_SEQ_HEADER = "Aether-Event-Seq"
 _MAX_SNAPSHOT_MARKS = 10_000
 _SEEK_MIN_SKIP = 1000  # events; reading them costs about as much as a search
 
 
-class _CachedConflict(Exception):
-    """The cached entry already proves the append conflicts (see ``_save``)."""
+class _Held(Enum):
+    """What the stream holds where the server says an event id was stored."""
+
+    OURS = "ours"  # the very event being appended (actor, id and version)
+    OTHER = "other"  # another event: the id is taken
+    NOTHING = "nothing"  # the message is gone (purged or deleted): the id is free again
+
+
+async def _require_jetstream(nc: Client, request_timeout: float) -> None:
+    """Raise JetStreamNotEnabledError at once if the server (or account) has no JetStream.
+
+    Nobody answers ``$JS.API.INFO`` on a server started without JetStream ("no
+    responders"); an account without JetStream gets an error answer. Any other failure
+    (a timeout, a reconnect) is left to the store's own retries.
+    """
+    try:
+        msg = await nc.request(f"{API}.INFO", b"", timeout=request_timeout)
+    except nats.errors.NoRespondersError:
+        raise JetStreamNotEnabledError(
+            "the NATS server has no JetStream (start nats-server with -js)"
+        ) from None
+    except (TimeoutError, nats.errors.Error):
+        return
+    with contextlib.suppress(TransientError):
+        decode_answer(msg.data)  # raises JetStreamNotEnabledError for such an account
 
 
 def _api_for(nc: Client, config: JetStreamConfig) -> JsApi:
@@ -718,42 +797,3 @@ def _api_for(nc: Client, config: JetStreamConfig) -> JsApi:
         request_timeout=config.request_timeout.total_seconds(),
         retry_deadline=config.retry_deadline.total_seconds(),
     )
-
-
-def _check_subjects(stream_config: dict[str, Any], subjects: str) -> None:
-    if subjects not in stream_config.get("subjects", []):
-        raise AetherError(
-            f"stream {stream_config.get('name')!r} exists but does not hold subjects {subjects!r}"
-        )
-
-
-async def _ensure_stream(api: JsApi, config: dict[str, Any]) -> dict[str, Any]:
-    """Create the stream, or check that the existing one is usable by aether.
-
-    Returns the stream's configuration as the server holds it.
-    """
-    name = config["name"]
-    for attempt in range(_CREATE_ATTEMPTS):
-        try:
-            created: dict[str, Any] = (await api.call(f"STREAM.CREATE.{name}", config))["config"]
-            return created
-        except JetStreamError as exc:
-            if exc.err_code == STREAM_NAME_IN_USE:
-                break
-            # nats-server (2.15) may fail a create that races with the deletion of the
-            # account's last stream ("error creating store for stream"); it is transient.
-            if exc.err_code != STREAM_CREATE_FAILED or attempt == _CREATE_ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(0.01 * 2**attempt)
-    # It exists with another configuration (other retention, replicas, …): keep the
-    # operator's settings, but the subjects must be ours and atomic batches allowed.
-    try:
-        existing: dict[str, Any] = (await api.call(f"STREAM.INFO.{name}"))["config"]
-    except JetStreamError as exc:
-        if exc.err_code == STREAM_NOT_FOUND:  # deleted between our two calls
-            return await _ensure_stream(api, config)
-        raise
-    _check_subjects(existing, config["subjects"][0])
-    if config.get("allow_atomic") and not existing.get("allow_atomic"):
-        await api.call(f"STREAM.UPDATE.{name}", {**existing, "allow_atomic": True})
-    return existing

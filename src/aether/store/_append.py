@@ -1,0 +1,102 @@
+"""The append decision of the JetStream store, as a pure function of what is known.
+
+An append is decided from a *tail*: what is known of the last message on the actor's
+subject (its stream sequence, the newest valid version, the event id). A tail comes
+either from the version cache or from the server (the stream leader). The server checks
+only one thing for us: that the subject's last sequence is still the one the append
+names (``Nats-Expected-Last-Subject-Sequence``). Everything else (the version rule, "this
+event is already stored") is decided here, and the rule of this module is:
+
+    **a cached tail may choose the expected sequence of a publish, and nothing else.**
+
+A publish made from a cached tail succeeds only if the server agrees that nothing was
+written after it, which makes its version check as good as a fresh one (within one
+stream incarnation: the store drops its cache when the stream is recreated). Any outcome
+decided *without* a publish, a conflict or "already stored", needs a tail read from the
+server. So a warm ``save_event`` is one round trip, and no cache content can make the
+store answer differently from a cold store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from aether.event import Event
+from aether.store._cache import CacheEntry
+from aether.store._rules import EncodedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAppend:
+    """What one ``save_event``/``save_events`` call appends, captured when it was encoded.
+
+    The caller's :class:`~aether.Event` objects are mutable and may change while the
+    append is in flight; every decision, header and cache entry uses these copies.
+    """
+
+    actor_id: str
+    subject: str
+    versions: tuple[int, ...]
+    ids: tuple[str, ...]
+    payloads: tuple[bytes, ...]
+    expected_version: int | None
+
+    @classmethod
+    def of(
+        cls, subject: str, batch: Sequence[EncodedEvent], expected_version: int | None
+    ) -> PendingAppend:
+        """The append of *batch*, as :mod:`aether.store._rules` encoded it."""
+        return cls(
+            actor_id=batch[0].actor_id,
+            subject=subject,
+            versions=tuple(encoded.version for encoded in batch),
+            ids=tuple(encoded.id for encoded in batch),
+            payloads=tuple(encoded.payload for encoded in batch),
+            expected_version=expected_version,
+        )
+
+    @property
+    def last_version(self) -> int:
+        return self.versions[-1]
+
+    @property
+    def last_id(self) -> str:
+        return self.ids[-1]
+
+    def is_at(self, tail: CacheEntry) -> bool:
+        """Whether *tail* is this append's last event (same id **and** version)."""
+        return tail.event_id == self.ids[-1] and tail.version == self.versions[-1]
+
+    def is_event(self, event: Event) -> bool:
+        """Whether a stored *event* is this append's last event (actor, id and version)."""
+        return (event.actor_id, event.id, event.version) == (
+            self.actor_id,
+            self.ids[-1],
+            self.versions[-1],
+        )
+
+    def conflicts_with(self, latest: int) -> bool:
+        """The version rule: False if the append may follow an actor at version *latest*."""
+        if self.expected_version is not None and self.expected_version != latest:
+            return True
+        return self.versions[0] <= latest
+
+
+class Step(Enum):
+    """What to do next with a tail in hand."""
+
+    PUBLISH = "publish"  # append, expecting the tail's sequence
+    READ = "read"  # the tail is cached and would decide an outcome: read it from the server
+    STORED = "stored"  # the server's tail is this append's last event: nothing to write
+    CONFLICT = "conflict"  # the server's tail forbids the append
+
+
+def decide(append: PendingAppend, tail: CacheEntry, *, from_server: bool) -> Step:
+    """The next step for *append* given *tail* (from the server, or else the cache)."""
+    if append.is_at(tail):
+        return Step.STORED if from_server else Step.READ
+    if append.conflicts_with(tail.version):
+        return Step.CONFLICT if from_server else Step.READ
+    return Step.PUBLISH
