@@ -438,3 +438,26 @@ async def test_concurrent_tasks_store_each_version_once(store: SnapshotStore) ->
         stored = await store.get_events(f"hot-{i}")
         assert [e.version for e in stored] == list(range(1, 41))
         assert {e.id for e in stored} == {e.id for e in acknowledged if e.actor_id == f"hot-{i}"}
+
+
+async def test_a_batch_is_already_stored_only_if_every_event_of_it_is(
+    store: SnapshotStore,
+) -> None:
+    """Re-saving a batch returns normally only when the actor's history ends with the whole
+    batch; a batch whose last event happens to be the tail but whose others are not
+    stored conflicts (all or none: it must never be reported stored)."""
+    first, second = ev("x", 1), ev("x", 2)
+    await store.save_event(first)
+    await store.save_event(second)
+    impostor = ev("x", 1)  # a new id for version 1, then the stored tail event
+    with pytest.raises(VersionConflictError) as info:
+        await store.save_events([impostor, second])
+    assert info.value.current_version == 2
+    batch = [ev("x", 3), ev("x", 4), ev("x", 5)]
+    await store.save_events(batch)
+    await store.save_events(batch)  # the same batch again: already stored
+    assert [e.id for e in await store.get_events("x")] == [
+        first.id,
+        second.id,
+        *(e.id for e in batch),
+    ]

@@ -18,7 +18,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from aether import Event, InvalidEventError, VersionConflictError
+from aether import Event, EventTooLargeError, InvalidEventError, VersionConflictError
 from aether.errors import JetStreamNotEnabledError, StreamNotFoundError
 from aether.store import JetStreamConfig, JetStreamEventStore
 from aether.testing import NatsServer
@@ -287,3 +287,62 @@ async def test_a_closed_store_stops_listening(open_store: StoreFactory) -> None:
     store = await open_store()
     await store.close()
     await store.close()  # idempotent
+
+
+# -- found by the adversarial review: batches -----------------------------------------------
+
+
+async def test_a_stale_batch_whose_first_id_is_taken_conflicts_like_a_cold_store(
+    open_store: StoreFactory,
+) -> None:
+    """An atomic batch checks its ids before the expected sequence, so a 10201 answer to a
+    batch sent from a stale cached tail says nothing of the tail: the version rule on the
+    server's tail decides first, as it would for a cold store."""
+    s1 = await open_store()
+    s2 = await open_store()
+    await s1.save_event(ev("x", 1, "id-1"))
+    await s2.save_event(ev("x", 2, "id-2"))
+    assert s1.cached_version("x") == 1
+    for store in (s1, await open_store()):  # warm and stale, then cold
+        with pytest.raises(VersionConflictError) as info:
+            await store.save_events([ev("x", 2, "id-1"), ev("x", 3, "id-3")])
+        assert info.value.current_version == 2
+    assert await versions(s1, "x") == [1, 2]
+
+
+async def test_resaving_a_batch_that_others_appended_after_conflicts_warm_or_cold(
+    open_store: StoreFactory,
+) -> None:
+    s1 = await open_store()
+    s2 = await open_store()
+    await s1.save_event(ev("x", 1))
+    batch = [ev("x", 2), ev("x", 3)]
+    await s2.save_events(batch)
+    await s2.save_event(ev("x", 4))
+    for store in (s1, s2, await open_store()):
+        with pytest.raises(VersionConflictError) as info:
+            await store.save_events(batch)
+        assert info.value.current_version == 4
+    await s2.save_events([ev("x", 5), ev("x", 6)])
+    batch = [ev("x", 7), ev("x", 8)]
+    await s1.save_events(batch)
+    await s1.save_events(batch)  # the whole batch is the tail: already stored
+    await (await open_store()).save_events(batch)
+    assert await versions(s1, "x") == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+async def test_an_event_over_the_streams_max_msg_size_is_too_large(
+    open_store: StoreFactory, nc: Client
+) -> None:
+    name = unique("small")
+    await nc.jetstream().add_stream(
+        name=name,
+        subjects=[f"{name}.events.>"],
+        max_msg_size=2048,
+        duplicate_window=120,
+    )
+    store = await open_store(name)
+    with pytest.raises(EventTooLargeError):
+        await store.save_event(Event("Big", "x", 1, {"blob": "b" * 4096}))
+    await store.save_event(ev("x", 1))
+    assert await versions(store, "x") == [1]

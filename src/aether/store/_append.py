@@ -89,14 +89,18 @@ class Step(Enum):
 
     PUBLISH = "publish"  # append, expecting the tail's sequence
     READ = "read"  # the tail is cached and would decide an outcome: read it from the server
-    STORED = "stored"  # the server's tail is this append's last event: nothing to write
+    STORED = "stored"  # the server's tail is this single event: nothing to write
+    CHECK_BATCH = "check batch"  # the server's tail is this batch's last event: are the
+    # events before it the rest of the batch? (then STORED, else CONFLICT)
     CONFLICT = "conflict"  # the server's tail forbids the append
 
 
 def decide(append: PendingAppend, tail: CacheEntry, *, from_server: bool) -> Step:
     """The next step for *append* given *tail* (from the server, or else the cache)."""
     if append.is_at(tail):
-        return Step.STORED if from_server else Step.READ
+        if not from_server:
+            return Step.READ
+        return Step.STORED if len(append.ids) == 1 else Step.CHECK_BATCH
     if append.conflicts_with(tail.version):
         return Step.CONFLICT if from_server else Step.READ
     return Step.PUBLISH

@@ -322,10 +322,15 @@ class JetStreamEventStore:
         first_seq = tail.seq  # an attempt of ours that timed out lands after this
         ambiguous = False  # may an attempt of this call have been stored unseen?
         with_msg_id = True
+        # Set when the server said an id of ours is taken (by another event, or by this
+        # one stored before this call): publishing again would only meet it again.
+        taken_by: _Held | None = None
         while True:
             step = decide(append, tail, from_server=from_server)
             if step is Step.READ:
                 return False
+            if step is Step.CHECK_BATCH:
+                step = Step.STORED if await self._batch_at_tail(append, tail) else Step.CONFLICT
             if step is Step.STORED:
                 self._cache.put(actor_id, tail, generation)
                 return True
@@ -336,6 +341,14 @@ class JetStreamEventStore:
                 self._cache.put(actor_id, tail, generation)
                 self._stats.conflicts += 1
                 raise VersionConflictError(actor_id, append.versions[0], tail.version)
+            if taken_by is _Held.OURS:  # stored, but not at the tail: an older event
+                self._stats.conflicts += 1
+                raise VersionConflictError(actor_id, append.versions[0], tail.version)
+            if taken_by is not None:
+                raise InvalidEventError(
+                    "an event id in this batch was already used by another event "
+                    "(within the stream's duplicate window)"
+                )
             answer, was_ambiguous = await self._publish(append, tail.seq, with_msg_id)
             ambiguous = ambiguous or was_ambiguous
             error = answer.get("error")
@@ -356,17 +369,13 @@ class JetStreamEventStore:
                     if ambiguous:
                         self._cache.discard(actor_id)  # an attempt of this call landed
                         return True
-                    # Stored before this call: settled by the tail, like any re-save (it
-                    # is either still the latest event or a conflict).
-                    tail = await self._read_tail(actor_id, append.subject)
-                    if not append.is_at(tail):
-                        self._cache.put(actor_id, tail, generation)
-                        self._stats.conflicts += 1
-                        raise VersionConflictError(actor_id, append.versions[0], tail.version)
-                    continue
-                # The id's message is gone (purged, deleted): store the event again. The
-                # expected sequence, not the id, keeps a retried copy from landing twice.
-                with_msg_id = False
+                    # Stored before this call: settled by the tail like any re-save (the
+                    # latest event, or a conflict); never published again.
+                    taken_by = _Held.OURS
+                else:
+                    # The id's message is gone (purged, deleted): store the event again.
+                    # The expected sequence, not the id, keeps a retried copy single.
+                    with_msg_id = False
             else:
                 code = error.get("err_code")
                 if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
@@ -375,16 +384,12 @@ class JetStreamEventStore:
                     self._stats.stale_cache_repairs += 1
                     await _pause_if_in_flight(code)
                 elif code == BATCH_DUPLICATE_MSG_ID:
-                    tail = await self._read_tail(actor_id, append.subject)
-                    if append.is_at(tail) or (
-                        ambiguous and await self._landed_after(append, first_seq)
-                    ):
-                        self._cache.discard(actor_id)
-                        return True
-                    raise InvalidEventError(
-                        "an event id in this batch was already used by another event "
-                        "(within the stream's duplicate window)"
-                    )
+                    # An atomic batch checks its ids *before* the expected sequence, so
+                    # this says nothing of the tail we sent: decide on the server's tail;
+                    # only if the batch could be appended there is the id the answer.
+                    # (Which id, and whether its event still exists, the server does not
+                    # say: a batch reusing the id of a purged event is refused too.)
+                    taken_by = _Held.OTHER
                 elif ambiguous and await self._landed_after(append, first_seq):
                     self._cache.discard(actor_id)  # an earlier attempt landed; this
                     return True  # answer is about a later copy
@@ -459,6 +464,24 @@ class JetStreamEventStore:
         found = _decode(stored, append.actor_id)
         return _Held.OURS if isinstance(found, Event) and append.is_event(found) else _Held.OTHER
 
+    async def _batch_at_tail(self, append: PendingAppend, tail: CacheEntry) -> bool:
+        """Whether the whole batch *append* is what the actor's subject ends with, given
+        that its last event is at *tail*: an atomic batch is stored at consecutive stream
+        sequences, so the messages just before the tail must be the rest of it."""
+        start = tail.seq - len(append.ids) + 1
+        if start < 1:
+            return False
+        found: list[tuple[str, int]] = []
+        items = self._decoded(append.actor_id, append.subject, start)
+        async with contextlib.aclosing(items):
+            async for item in items:
+                if not isinstance(item, Event):
+                    return False
+                found.append((item.id, item.version))
+                if len(found) == len(append.ids):
+                    break
+        return found == list(zip(append.ids, append.versions, strict=True))
+
     async def _landed_after(self, append: PendingAppend, after_seq: int) -> bool:
         """Whether *append*'s last event is stored after *after_seq* (same actor, id and
         version): did an attempt of ours that timed out land?"""
@@ -470,8 +493,12 @@ class JetStreamEventStore:
         return False
 
     def _check_size(self, payload: bytes, msg_id: str = "") -> None:
-        # The server counts headers too; exceeding max_payload would close the connection.
-        limit = self._nc.max_payload - _HEADER_ALLOWANCE - len(msg_id)
+        # The server counts headers too; exceeding max_payload would close the connection,
+        # and the events stream may set a lower max_msg_size (headers included).
+        bound = self._nc.max_payload
+        if msg_id and self._settings.max_msg_size is not None:
+            bound = min(bound, self._settings.max_msg_size)
+        limit = bound - _HEADER_ALLOWANCE - len(msg_id)
         if len(payload) > limit:
             raise EventTooLargeError(len(payload), limit)
 

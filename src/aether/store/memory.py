@@ -53,12 +53,14 @@ class InMemoryEventStore:
     ) -> None:
         batch = _rules.prepare_batch(events)
         expected = _rules.check_expected_version(expected_version)
-        first, last = batch[0], batch[-1]
+        first = batch[0]
         with self._lock:
             history = self._events.get(first.actor_id)
             latest = history[-1] if history else None
-            if latest is not None and (latest.version, latest.id) == (last.version, last.id):
-                return  # the same batch again: already stored
+            if history is not None and [(e.version, e.id) for e in history[-len(batch) :]] == [
+                (e.version, e.id) for e in batch
+            ]:
+                return  # the same batch again: every event of it is already stored
             _rules.check_versions(
                 first.actor_id, first.version, 0 if latest is None else latest.version, expected
             )
