@@ -57,6 +57,13 @@ class PendingAppend:
             expected_version=expected_version,
         )
 
+    @classmethod
+    def single(cls, subject: str, encoded: EncodedEvent) -> PendingAppend:
+        """The append of one event (the hot path: no intermediate lists)."""
+        return cls(
+            encoded.actor_id, subject, (encoded.version,), (encoded.id,), (encoded.payload,), None
+        )
+
     @property
     def last_version(self) -> int:
         return self.versions[-1]

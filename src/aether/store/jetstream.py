@@ -239,7 +239,7 @@ class JetStreamEventStore:
         encoded = _rules.prepare_event(event)
         self._check_size(encoded.payload, encoded.id)
         subject = self._event_prefix + encode_actor_id(encoded.actor_id)
-        await self._append(PendingAppend.of(subject, [encoded], None))
+        await self._append(PendingAppend.single(subject, encoded))
 
     async def save_events(
         self, events: Sequence[Event], *, expected_version: int | None = None
@@ -280,8 +280,9 @@ class JetStreamEventStore:
         not queue behind one read each.
         """
         actor_id = append.actor_id
-        with self._forget_if_stream_missing():
-            await self._check_identity()
+        try:
+            if self._nc.stats["reconnects"] != self._reconnects_seen:
+                await self._refresh_identity()  # advisories may have been missed
             server_tail: CacheEntry | None = None
             while True:
                 if server_tail is not None:
@@ -303,6 +304,9 @@ class JetStreamEventStore:
                 before, generation = self._cache.get(actor_id), self._cache.generation
                 server_tail = await self._read_tail(actor_id, append.subject)
                 self._cache.put_read(actor_id, server_tail, before, generation)
+        except StreamNotFoundError:
+            self._forget()
+            raise
 
     async def _attempt(self, append: PendingAppend, server_tail: CacheEntry | None) -> bool:
         """Publish *append* from *server_tail* or else the cache. The caller holds the
@@ -504,8 +508,8 @@ class JetStreamEventStore:
 
     # -- the stream's identity ------------------------------------------------------------
 
-    async def _check_identity(self) -> None:
-        """Drop the cache if the stream may have been recreated while we could not hear.
+    async def _refresh_identity(self) -> None:
+        """Ask the server for the stream's identity; drop the cache if it changed.
 
         Sequences restart when a stream is deleted and created again, so a cached
         sequence is only meaningful within one incarnation of the stream (identified by
@@ -513,11 +517,6 @@ class JetStreamEventStore:
         stream advisories (see :meth:`_on_advisory`); while the connection was down it
         could not, so after a reconnect the first append asks the server once.
         """
-        if self._nc.stats["reconnects"] != self._reconnects_seen:
-            await self._refresh_identity()
-
-    async def _refresh_identity(self) -> None:
-        """Ask the server for the stream's identity; drop the cache if it changed."""
         reconnects = self._nc.stats["reconnects"]
         info = await self._api.call(f"STREAM.INFO.{self._stream}", stream=self._stream)
         self._reconnects_seen = reconnects
