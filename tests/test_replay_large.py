@@ -5,18 +5,23 @@ default) as a "Slow Consumer", and nats-py drops messages of a subscription hold
 than its pending limits. A replay used to keep two pull requests of ``replay_batch_size``
 messages in flight whatever their size: 1,000 events of 100 KB at once. It now also bounds
 the bytes its pull requests may bring (``max_bytes``), and goes on after a pull the server
-ended at that bound.
+ended at that bound. All the replays on one connection share one byte budget (the
+server's buffer is per connection): many at once do not overflow it either.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import timedelta
+from typing import Any, cast
 
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from aether import Event, JetStreamError
 from aether.store import JetStreamConfig, JetStreamEventStore, _jsapi
@@ -43,6 +48,9 @@ class Conn:
         assert self.nc.stats["reconnects"] == 0
         assert not [e for e in self.errors if isinstance(e, nats.errors.SlowConsumerError)]
         assert self.errors == []
+        # Every replay has ended: the connection's replay budget is whole again.
+        budget = _jsapi._BUDGETS.get(self.nc)
+        assert budget is None or budget.available == budget.capacity
 
 
 @pytest.fixture
@@ -196,3 +204,167 @@ async def test_a_message_larger_than_a_pull_is_an_error_not_a_loop(
         with pytest.raises(JetStreamError, match="larger than 4000 bytes"):
             await store.get_events("acct")
         conn.assert_intact()
+
+
+@pytest.mark.slow
+async def test_concurrent_replays_share_the_connection_budget(nats_url: str, conn: Conn) -> None:
+    """The regression: six replays of 30 MB at once on one connection. With a budget per
+    replay (16 MiB each, 96 MiB in all) the server's buffer for the client passed its
+    64 MiB max_pending and it cut the client off; the budget is per connection now."""
+    actors = [f"big{i}" for i in range(6)]
+    sizes = [100_000] * 300
+    async with opened(nats_url, conn.nc) as store:
+        for actor in actors:
+            await write(store, actor, sizes, 50)
+        # Three stores (JsApi objects) on the one connection: the budget is the connection's.
+        stores = [store] + [
+            await JetStreamEventStore.open(conn.nc, store.stream_name, MEMORY) for _ in range(2)
+        ]
+        async with asyncio.timeout(120):
+            replays = await asyncio.gather(
+                *(stores[i % 3].get_events(actor) for i, actor in enumerate(actors))
+            )
+        for events in replays:
+            check(events, sizes)
+        conn.assert_intact()
+        assert sum(s.stats.retries for s in stores) == 0  # no stalled replay resumed either
+
+
+def replay(store: JetStreamEventStore, actor: str) -> AsyncGenerator[Event, None]:
+    """store.iter_events, typed as what it is (an async generator: it can be closed)."""
+    return cast(AsyncGenerator[Event, None], store.iter_events(actor))
+
+
+def one_pull_budget(monkeypatch: pytest.MonkeyPatch, nc: Client, pulls: int) -> int:
+    """Make the connection's budget *pulls* pulls of one max-size message; returns that."""
+    one_message = nc.max_payload + _jsapi._REPLAY_MSG_OVERHEAD
+    monkeypatch.setattr(_jsapi, "_REPLAY_BYTES_IN_FLIGHT", pulls * one_message)
+    return one_message
+
+
+@pytest.mark.parametrize("budget", ["default", "one pull"])
+async def test_a_replay_held_open_does_not_block_another(
+    nats_url: str, conn: Conn, monkeypatch: pytest.MonkeyPatch, budget: str
+) -> None:
+    """A reader holds an iter_events open mid-way, not consuming, and meanwhile replays
+    another large actor on the same connection. The held replay's pulls give their
+    budget back when their end arrives, not when its reader gets to it: with a budget of
+    one pull (which the held replay had in flight when it stopped) the other replay
+    would otherwise wait forever. (request_timeout is long, so this is not the release
+    of a silent pull's budget after two quiet periods.)"""
+    if budget == "one pull":
+        one_pull_budget(monkeypatch, conn.nc, 1)
+    sizes = [100_000] * 200
+    config = JetStreamConfig(storage="memory", request_timeout=timedelta(seconds=30))
+    async with opened(nats_url, conn.nc, config) as store:
+        await write(store, "held", sizes, 50)
+        await write(store, "other", sizes, 50)
+        held = replay(store, "held")
+        async with contextlib.aclosing(held):
+            first = [await anext(held) for _ in range(30)]
+            async with asyncio.timeout(10):
+                check(await store.get_events("other"), sizes)
+            rest = [event async for event in held]
+        check(first + rest, sizes)
+        conn.assert_intact()
+        assert store.stats.retries == 0
+
+
+async def test_a_pull_ended_silently_does_not_hold_the_budget_forever(
+    nats_url: str, conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pull whose bytes run out exactly ends without a status. Its replay cannot tell,
+    and keeps its budget; a replay held open unconsumed would keep it for good, and with
+    a budget of one pull no other replay on the connection could proceed. Here the end
+    of the held replay's pull is lost on its way to the client, which looks the same:
+    once nothing has arrived for two request_timeouts, the budget goes back."""
+    one_pull_budget(monkeypatch, conn.nc, 1)
+    real_subscribe = conn.nc.subscribe
+    lossy: list[str] = []
+
+    async def subscribe(subject: str, **kw: Any) -> Any:
+        inner = kw.get("cb")
+        if inner is not None and not lossy:  # the first replay's: statuses never arrive
+            lossy.append(subject)
+
+            async def cb(msg: Msg) -> None:
+                if msg.reply:
+                    await inner(msg)
+
+            kw["cb"] = cb
+        return await real_subscribe(subject, **kw)
+
+    config = JetStreamConfig(storage="memory", request_timeout=timedelta(seconds=0.5))
+    async with opened(nats_url, conn.nc, config) as store:
+        await write(store, "acct", [10] * 10, 10)
+        monkeypatch.setattr(conn.nc, "subscribe", subscribe)
+        held = replay(store, "acct")
+        async with contextlib.aclosing(held):
+            assert (await anext(held)).version == 1
+            assert lossy
+            budget = _jsapi._BUDGETS[conn.nc]
+            assert budget.available == 0  # all of it, for a pull whose end never comes
+            async with asyncio.timeout(10):
+                assert [e.version for e in await store.get_events("acct")] == list(range(1, 11))
+            assert [e.version async for e in held] == list(range(2, 11))
+        conn.assert_intact()
+
+
+async def test_budget_serves_waiters_in_order() -> None:
+    budget = _jsapi._Budget(10)
+    await budget.acquire(8)
+    granted: list[str] = []
+
+    async def take(name: str, n: int) -> None:
+        await budget.acquire(n)
+        granted.append(name)
+
+    large = asyncio.create_task(take("large", 5))
+    small = asyncio.create_task(take("small", 1))
+    await asyncio.sleep(0)  # both reach their wait
+    # The small one would fit, but waits behind the large one; so does any try_acquire.
+    assert granted == [] and budget.available == 2
+    assert not budget.try_acquire(1)
+    budget.release(2)
+    await asyncio.sleep(0)
+    assert granted == []  # 4 free: still not enough for the head of the queue
+    budget.release(6)
+    await asyncio.gather(large, small)
+    assert granted == ["large", "small"] and budget.available == 4
+    assert budget.try_acquire(4) and not budget.try_acquire(1)
+    budget.release(4 + 5 + 1)
+    assert budget.available == budget.capacity == 10
+    with pytest.raises(ValueError, match="11 bytes"):
+        await budget.acquire(11)
+    budget.grow(12)
+    await budget.acquire(11)
+    assert budget.available == 1
+
+
+async def test_budget_cancelled_waiter_takes_nothing() -> None:
+    budget = _jsapi._Budget(10)
+    await budget.acquire(7)
+    head = asyncio.create_task(budget.acquire(6))
+    behind = asyncio.create_task(budget.acquire(3))
+    await asyncio.sleep(0)
+    assert not behind.done()  # held back by the head of the queue
+    head.cancel()
+    await behind  # the head gone, the 3 free bytes go to the next one
+    with pytest.raises(asyncio.CancelledError):
+        await head
+    assert budget.available == 0
+    budget.release(7 + 3)
+    assert budget.available == 10  # the cancelled waiter took nothing
+
+    # Cancelled after its bytes were granted, before it ran again: it gives them back.
+    await budget.acquire(10)
+    late = asyncio.create_task(budget.acquire(4))
+    await asyncio.sleep(0)
+    budget.release(4)  # granted to the waiter...
+    assert budget.available == 0
+    late.cancel()  # ...which is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    assert budget.available == 4
+    budget.release(6)
+    assert budget.available == budget.capacity
