@@ -346,3 +346,25 @@ async def test_an_event_over_the_streams_max_msg_size_is_too_large(
         await store.save_event(Event("Big", "x", 1, {"blob": "b" * 4096}))
     await store.save_event(ev("x", 1))
     assert await versions(store, "x") == [1]
+
+
+async def test_resaving_the_newest_valid_event_under_a_malformed_tail_returns_normally(
+    js_store: JetStreamEventStore, nc: Client
+) -> None:
+    """The latest event is the newest *valid* one: a foreign writer's malformed message
+    after it changes neither the latest version nor what a re-save finds there."""
+    single, batch = ev("a", 1), [ev("b", 1), ev("b", 2)]
+    await js_store.save_event(single)
+    await js_store.save_events(batch)
+    for actor in ("a", "b"):
+        await nc.jetstream().publish(js_store.subject_for(actor), b'{"id": "x", "version": ')
+    await js_store.save_event(single)
+    await js_store.save_events(batch)
+    await (await JetStreamEventStore.attach(nc, js_store.stream_name)).save_events(batch)
+    with pytest.raises(VersionConflictError) as info:
+        await js_store.save_events([ev("b", 2), ev("b", 3)])
+    assert info.value.current_version == 2
+    assert await versions(js_store, "a") == [1]
+    assert await versions(js_store, "b") == [1, 2]
+    await js_store.save_event(ev("a", 2))
+    assert await versions(js_store, "a") == [1, 2]

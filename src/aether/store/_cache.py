@@ -17,14 +17,22 @@ from dataclasses import dataclass
 class CacheEntry:
     """What the store knows of an actor's tail.
 
-    ``version``: the newest valid version. ``seq``: the stream sequence of the last message
-    on the actor's subject (0 if none), which the next append must follow. ``event_id``:
-    the id of that message's event, if it decoded, to recognise a retried save.
+    ``version``: the version of the newest valid event. ``seq``: the stream sequence of
+    the last message on the actor's subject (0 if none), which the next append must
+    follow. ``event_id``: the id of that newest valid event (None if there is none), to
+    recognise a re-saved event. ``event_seq``: the newest valid event's own sequence when
+    malformed messages (a foreign writer's) follow it; None when it is ``seq`` itself.
     """
 
     version: int
     seq: int
     event_id: str | None
+    event_seq: int | None = None
+
+    @property
+    def last_event_seq(self) -> int:
+        """The stream sequence of the newest valid event."""
+        return self.seq if self.event_seq is None else self.event_seq
 
 
 EMPTY = CacheEntry(0, 0, None)

@@ -472,7 +472,7 @@ class JetStreamEventStore:
         """Whether the whole batch *append* is what the actor's subject ends with, given
         that its last event is at *tail*: an atomic batch is stored at consecutive stream
         sequences, so the messages just before the tail must be the rest of it."""
-        start = tail.seq - len(append.ids) + 1
+        start = tail.last_event_seq - len(append.ids) + 1
         if start < 1:
             return False
         found: list[tuple[str, int]] = []
@@ -571,15 +571,18 @@ class JetStreamEventStore:
         event = _decode(last, actor_id)
         if isinstance(event, Event):
             return CacheEntry(event.version, last.seq, event.id)
-        # The newest message is malformed (a foreign writer): find the newest valid version
+        # The newest message is malformed (a foreign writer): find the newest valid event
         # with a scan. Rare, and the actor stays writable: appends follow ``last.seq``.
-        version = 0
-        items = self._decoded(actor_id, subject)
-        async with contextlib.aclosing(items):
-            async for item in items:
+        version, event_id, event_seq = 0, "", 0
+        messages = self._api.iter_subject(
+            self._stream, subject, batch=self._config.replay_batch_size, replicated=self._replicated
+        )
+        async with contextlib.aclosing(messages):
+            async for msg in messages:
+                item = _decode(msg, actor_id)
                 if isinstance(item, Event):
-                    version = max(version, item.version)
-        return CacheEntry(version, last.seq, None)
+                    version, event_id, event_seq = item.version, item.id, msg.seq
+        return CacheEntry(version, last.seq, event_id or None, event_seq or None)
 
     async def iter_events(self, actor_id: str, from_version: int = 0) -> AsyncIterator[Event]:
         """The actor's events with ``version >= from_version``, streamed in batches.
