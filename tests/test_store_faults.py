@@ -18,9 +18,17 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from aether import Event, EventTooLargeError, InvalidEventError, VersionConflictError
+from aether import (
+    ActorSnapshot,
+    Event,
+    EventTooLargeError,
+    InvalidEventError,
+    StoreClosedError,
+    VersionConflictError,
+)
 from aether.errors import JetStreamNotEnabledError, StreamNotFoundError
 from aether.store import JetStreamConfig, JetStreamEventStore
+from aether.store._cache import CacheEntry
 from aether.testing import NatsServer
 
 from ._proxy import NatsProxy
@@ -287,6 +295,7 @@ async def test_a_closed_store_stops_listening(open_store: StoreFactory) -> None:
     store = await open_store()
     await store.close()
     await store.close()  # idempotent
+    assert store._advisories is None
 
 
 # -- found by the adversarial review: batches -----------------------------------------------
@@ -368,3 +377,74 @@ async def test_resaving_the_newest_valid_event_under_a_malformed_tail_returns_no
     assert await versions(js_store, "b") == [1, 2]
     await js_store.save_event(ev("a", 2))
     assert await versions(js_store, "a") == [1, 2]
+
+
+# -- found by review --------------------------------------------------------------------------
+
+
+async def test_a_tail_read_just_before_the_stream_is_recreated_is_not_used(
+    open_store: StoreFactory, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The append reads the tail from the server (the actor's tail message was deleted,
+    so the cache is stale), and the stream is recreated right after that read: what was
+    read belongs to the old stream and must not choose the expected sequence."""
+    name = unique("race")
+    s1 = await open_store(name)
+    for version in (1, 2, 3):
+        await s1.save_event(ev("A", version))
+    await nc.jetstream().delete_msg(s1.stream_name, 3)  # A's tail is now v2 at seq 2
+    read_tail = s1._read_tail
+    recreated = False
+
+    async def read_then_recreate(actor_id: str, subject: str) -> CacheEntry:
+        nonlocal recreated
+        tail = await read_tail(actor_id, subject)
+        if not recreated:
+            recreated = True
+            generation = s1._cache.generation
+            await nc.jetstream().delete_stream(s1.stream_name)
+            s2 = await open_store(name)
+            await s2.save_event(ev("B", 1))
+            await s2.save_event(ev("A", 100))  # A's tail at seq 2, as just read
+            await wait_until(lambda: s1._cache.generation != generation)  # advisory heard
+        return tail
+
+    monkeypatch.setattr(s1, "_read_tail", read_then_recreate)
+    with pytest.raises(VersionConflictError) as info:
+        await s1.save_event(ev("A", 3))
+    assert recreated
+    assert info.value.current_version == 100
+    assert await versions(s1, "A") == [100]
+
+
+async def test_mutating_a_snapshot_during_its_save_changes_nothing(
+    js_store: JetStreamEventStore,
+) -> None:
+    await js_store.save_event(ev("A", 5))
+    await js_store.save_snapshot(ActorSnapshot("A", 7, {"s": 7}))
+    older = ActorSnapshot("A", 5, {"s": 5})
+    saving = asyncio.ensure_future(js_store.save_snapshot(older))
+    await asyncio.sleep(0)  # encoded, waiting for the stored snapshot
+    older.version = 100
+    await saving
+    latest = await js_store.get_latest_snapshot("A")
+    assert latest is not None and latest.version == 7
+
+
+async def test_a_foreign_snapshot_of_another_actor_is_ignored(
+    js_store: JetStreamEventStore, nc: Client
+) -> None:
+    subject = js_store.subject_for("A").replace(".events.", ".snapshots.")
+    foreign = b'{"actorId":"B","version":3,"state":{},"timestamp":"2026-01-01T00:00:00Z"}'
+    await nc.jetstream().publish(subject, foreign)
+    assert await js_store.get_latest_snapshot("A") is None
+
+
+async def test_a_closed_store_refuses_appends_and_still_reads(
+    js_store: JetStreamEventStore,
+) -> None:
+    await js_store.save_event(ev("A", 1))
+    await js_store.close()
+    with pytest.raises(StoreClosedError):
+        await js_store.save_event(ev("A", 2))
+    assert await versions(js_store, "A") == [1]

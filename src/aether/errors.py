@@ -65,9 +65,15 @@ class StoreUnavailableError(AetherError):
     """
 
 
+class StoreClosedError(AetherError, RuntimeError):
+    """An append on a store after its ``close()``: nothing was written."""
+
+
 class StreamNotFoundError(AetherError, LookupError):
-    """:meth:`JetStreamEventStore.attach <aether.store.JetStreamEventStore.attach>` found
-    no such stream (``open`` would have created it)."""
+    """The stream does not exist: it was deleted under a live store (raised at once by
+    its reads and writes, nothing written), or :meth:`JetStreamEventStore.attach
+    <aether.store.JetStreamEventStore.attach>` found no such stream (``open`` would have
+    created it)."""
 
     def __init__(self, stream_name: str) -> None:
         self.stream_name = stream_name

@@ -25,7 +25,7 @@ from enum import Enum
 
 from aether.event import Event
 from aether.store._cache import CacheEntry
-from aether.store._rules import EncodedEvent
+from aether.store._rules import EncodedEvent, conflicts
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +85,8 @@ class PendingAppend:
         )
 
     def conflicts_with(self, latest: int) -> bool:
-        """The version rule: False if the append may follow an actor at version *latest*."""
-        if self.expected_version is not None and self.expected_version != latest:
-            return True
-        return self.versions[0] <= latest
+        """The version rule (:func:`_rules.conflicts`) against an actor at *latest*."""
+        return conflicts(self.versions[0], latest, self.expected_version)
 
 
 class Step(Enum):

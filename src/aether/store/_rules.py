@@ -51,14 +51,12 @@ __all__ = [
     "EncodedEvent",
     "EncodedSnapshot",
     "check_actor_id",
-    "check_append",
-    "check_batch_versions",
     "check_expected_version",
     "check_read",
     "check_versions",
+    "conflicts",
     "decode_event",
     "decode_snapshot",
-    "encode_batch",
     "encode_event",
     "encode_snapshot",
     "prepare_batch",
@@ -169,11 +167,6 @@ def encode_event(event: object) -> bytes:
     return prepare_event(event).payload
 
 
-def encode_batch(events: Sequence[Event]) -> list[bytes]:
-    """The wire forms of a valid ``save_events`` batch (see :func:`prepare_batch`)."""
-    return [encoded.payload for encoded in prepare_batch(events)]
-
-
 def encode_snapshot(snapshot: object) -> bytes:
     """The wire form of *snapshot*, or InvalidEventError if it is not a valid ActorSnapshot."""
     return prepare_snapshot(snapshot).payload
@@ -211,24 +204,18 @@ def decode_snapshot(raw: bytes | str) -> ActorSnapshot:
 # -- versions -------------------------------------------------------------------------------
 
 
+def conflicts(first_version: int, latest: int, expected: int | None = None) -> bool:
+    """The version rule: True unless an append whose first version is *first_version* may
+    follow an actor at version *latest* (and *latest* is *expected*, if given)."""
+    return first_version <= latest or (expected is not None and expected != latest)
+
+
 def check_versions(
     actor_id: str, first_version: int, latest: int, expected: int | None = None
 ) -> None:
-    """Raise VersionConflictError unless an append whose first version is *first_version*
-    may follow an actor at *latest* (and *latest* is *expected*, if given)."""
-    if first_version <= latest or (expected is not None and expected != latest):
+    """Raise VersionConflictError if :func:`conflicts`."""
+    if conflicts(first_version, latest, expected):
         raise VersionConflictError(actor_id, first_version, latest)
-
-
-def check_append(event: Event, latest: int) -> None:
-    """Raise VersionConflictError unless *event* may follow an actor at *latest*."""
-    check_versions(event.actor_id, event.version, latest)
-
-
-def check_batch_versions(events: Sequence[Event], latest: int, expected: int | None) -> None:
-    """Raise VersionConflictError unless the batch may follow an actor at *latest*."""
-    first = events[0]
-    check_versions(first.actor_id, first.version, latest, expected)
 
 
 def check_expected_version(expected: object) -> int | None:

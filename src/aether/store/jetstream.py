@@ -18,7 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+import weakref
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -32,6 +40,7 @@ from aether.errors import (
     EventTooLargeError,
     InvalidEventError,
     JetStreamNotEnabledError,
+    StoreClosedError,
     StreamNotFoundError,
     UnsupportedServerError,
     VersionConflictError,
@@ -112,21 +121,32 @@ class JetStreamEventStore:
         self._created = events.created
         self._reconnects_seen: int = nc.stats["reconnects"]
         self._advisories: Subscription | None = None
+        self._closed = False
 
     async def _listen(self) -> None:
         """Subscribe to the stream's advisories before the cache is used (see
-        :meth:`_on_advisory`); the flush makes sure the server has the subscription."""
+        :meth:`_on_advisory`), then check the stream's identity once: it may have been
+        recreated between the provisioning and the subscription. Closes the store if
+        that fails, so no subscription is left behind."""
+        # The callback holds the store weakly: a store dropped without close() is freed
+        # (cache included); only its subscription stays until the connection closes.
         self._advisories = await self._nc.subscribe(
-            f"{_ADVISORY_PREFIX}.*.{self._stream}", cb=self._on_advisory
+            f"{_ADVISORY_PREFIX}.*.{self._stream}", cb=_advisory_callback(weakref.ref(self))
         )
-        await self._nc.flush(timeout=max(1, int(self._api.request_timeout)))
+        try:
+            await self._nc.flush(timeout=max(1, int(self._api.request_timeout)))
+            await self._refresh_identity()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Stop listening to the stream's advisories. The connection stays the caller's.
 
-        Idempotent. A closed store must not be used for appends: it could no longer tell
-        that its stream was recreated.
+        Idempotent. Appends on a closed store raise StoreClosedError (it could no longer
+        tell that its stream was recreated); reads still work.
         """
+        self._closed = True
         sub, self._advisories = self._advisories, None
         if sub is not None and not self._nc.is_closed:
             await sub.unsubscribe()
@@ -161,8 +181,6 @@ class JetStreamEventStore:
         )
         store = cls(nc, api, config, events, snapshots.name, atomic)
         await store._listen()
-        # A recreation between the provisioning above and the subscription: ask once.
-        await store._refresh_identity()
         return store
 
     @classmethod
@@ -184,7 +202,6 @@ class JetStreamEventStore:
         snapshot_stream = events.name + SNAPSHOTS_SUFFIX if snapshots is None else snapshots.name
         store = cls(nc, api, config, events, snapshot_stream, events.allow_atomic)
         await store._listen()
-        await store._refresh_identity()
         return store
 
     @property
@@ -280,12 +297,15 @@ class JetStreamEventStore:
         not queue behind one read each.
         """
         actor_id = append.actor_id
+        if self._closed:
+            raise StoreClosedError("the store is closed: open a new one to append")
         try:
             if self._nc.stats["reconnects"] != self._reconnects_seen:
                 await self._refresh_identity()  # advisories may have been missed
             server_tail: CacheEntry | None = None
+            read_at = self._cache.generation  # the cache generation server_tail was read at
             while True:
-                if server_tail is not None:
+                if server_tail is not None and read_at == self._cache.generation:
                     step = decide(append, server_tail, from_server=True)
                     if step is Step.STORED:
                         return
@@ -296,24 +316,32 @@ class JetStreamEventStore:
                         )
                 await self._locks.acquire(actor_id)
                 try:
-                    settled = await self._attempt(append, server_tail)
+                    settled = await self._attempt(append, server_tail, read_at)
                 finally:
                     self._locks.release(actor_id)
                 if settled:
                     return
-                before, generation = self._cache.get(actor_id), self._cache.generation
+                before, read_at = self._cache.get(actor_id), self._cache.generation
                 server_tail = await self._read_tail(actor_id, append.subject)
-                self._cache.put_read(actor_id, server_tail, before, generation)
+                self._cache.put_read(actor_id, server_tail, before, read_at)
         except StreamNotFoundError:
             self._forget()
             raise
 
-    async def _attempt(self, append: PendingAppend, server_tail: CacheEntry | None) -> bool:
-        """Publish *append* from *server_tail* or else the cache. The caller holds the
-        actor's lock. Returns False if the cached tail would decide the outcome by itself
-        (the caller reads it from the server), True once the append is settled."""
+    async def _attempt(
+        self, append: PendingAppend, server_tail: CacheEntry | None, read_at: int
+    ) -> bool:
+        """Publish *append* from *server_tail* (read at cache generation *read_at*) or
+        else the cache. The caller holds the actor's lock. Returns False if the cached tail
+        would decide the outcome by itself (the caller reads it from the server), True
+        once the append is settled.
+
+        Whatever the tail's source, it is only used while the cache generation it was
+        learnt at is current: a generation change means the stream was recreated
+        meanwhile, and a sequence of the old stream says nothing of the new one.
+        """
         actor_id = append.actor_id
-        generation = self._cache.generation
+        generation = read_at if server_tail is not None else self._cache.generation
         tail, from_server = server_tail, server_tail is not None
         if tail is None:
             tail = self._cache.get(actor_id)
@@ -330,11 +358,17 @@ class JetStreamEventStore:
         # one stored before this call): publishing again would only meet it again.
         taken_by: _Held | None = None
         while True:
+            if generation != self._cache.generation:  # the stream was recreated
+                generation = self._cache.generation
+                tail, from_server = await self._read_tail(actor_id, append.subject), True
+                self._cache.put(actor_id, tail, generation)
+                first_seq, ambiguous = tail.seq, False  # nothing of ours is in the new one
+                continue
             step = decide(append, tail, from_server=from_server)
             if step is Step.READ:
                 return False
             if step is Step.CHECK_BATCH:
-                step = Step.STORED if await self._batch_at_tail(append, tail) else Step.CONFLICT
+                step = Step.STORED if await self._batch_at_tail(append) else Step.CONFLICT
             if step is Step.STORED:
                 self._cache.put(actor_id, tail, generation)
                 return True
@@ -468,23 +502,19 @@ class JetStreamEventStore:
         found = _decode(stored, append.actor_id)
         return _Held.OURS if isinstance(found, Event) and append.is_event(found) else _Held.OTHER
 
-    async def _batch_at_tail(self, append: PendingAppend, tail: CacheEntry) -> bool:
-        """Whether the whole batch *append* is what the actor's subject ends with, given
-        that its last event is at *tail*: an atomic batch is stored at consecutive stream
-        sequences, so the messages just before the tail must be the rest of it."""
-        start = tail.last_event_seq - len(append.ids) + 1
-        if start < 1:
-            return False
+    async def _batch_at_tail(self, append: PendingAppend) -> bool:
+        """Whether the actor's history ends with the whole batch *append* (its last event
+        being the tail): the actor's events from the batch's first version on are exactly
+        the batch, as the in-memory store checks it."""
+        expected = list(zip(append.ids, append.versions, strict=True))
         found: list[tuple[str, int]] = []
-        items = self._decoded(append.actor_id, append.subject, start)
-        async with contextlib.aclosing(items):
-            async for item in items:
-                if not isinstance(item, Event):
+        events = self.iter_events(append.actor_id, append.versions[0])
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                found.append((event.id, event.version))
+                if len(found) > len(expected):
                     return False
-                found.append((item.id, item.version))
-                if len(found) == len(append.ids):
-                    break
-        return found == list(zip(append.ids, append.versions, strict=True))
+        return found == expected
 
     async def _landed_after(self, append: PendingAppend, after_seq: int) -> bool:
         """Whether *append*'s last event is stored after *after_seq* (same actor, id and
@@ -521,11 +551,12 @@ class JetStreamEventStore:
         info = await self._api.call(f"STREAM.INFO.{self._stream}", stream=self._stream)
         self._reconnects_seen = reconnects
         self._settings = StreamSettings.from_info(info)
+        self._replicated = self._settings.replicas > 1
         if self._settings.created != self._created:
             self._created = self._settings.created
             self._forget()
 
-    async def _on_advisory(self, msg: Msg) -> None:
+    def _on_advisory(self, msg: Msg) -> None:
         # $JS.EVENT.ADVISORY.STREAM.<action>.<stream>: a stream deleted or created under
         # this name is a new incarnation, whose sequences say nothing of the old one's.
         if msg.subject.split(".")[4] in ("CREATED", "DELETED"):
@@ -701,21 +732,22 @@ class JetStreamEventStore:
         latest one this store wrote or read; otherwise found once here), so that loading
         the events after it never has to search.
         """
-        payload = _rules.encode_snapshot(snapshot)
+        encoded = _rules.prepare_snapshot(snapshot)  # read once: the caller may change it
+        payload = encoded.payload
         self._check_size(payload)
-        subject = self._snapshot_prefix + encode_actor_id(snapshot.actor_id)
+        subject = self._snapshot_prefix + encode_actor_id(encoded.actor_id)
         mark: dict[str, str] | None = None
         while True:
             current = await self._api.last_msg(self._snapshot_stream, subject)
             if current is not None:
-                stored = _decode_snapshot(current)
-                if stored is not None and stored.version >= snapshot.version:
+                stored = _decode_snapshot(current, encoded.actor_id)
+                if stored is not None and stored.version >= encoded.version:
                     return
             if mark is None:
                 # Where the snapshot's version sits in the event stream, so that every
                 # replay of the events after it can start there instead of searching (a
                 # hint: checked before use). Found once, and only if the snapshot is new.
-                seq = await self._event_seq_of(snapshot.actor_id, snapshot.version)
+                seq = await self._event_seq_of(encoded.actor_id, encoded.version)
                 mark = {} if seq is None else {_EVENT_SEQ_HEADER: str(seq)}
             headers = {
                 "Nats-Expected-Last-Subject-Sequence": str(current.seq if current else 0),
@@ -738,7 +770,7 @@ class JetStreamEventStore:
         the latest (free), else found with the replay's seek; None if not found."""
         entry = self._cache.get(actor_id)
         if entry is not None and entry.version == version and entry.event_id is not None:
-            return entry.seq
+            return entry.last_event_seq
         subject = self.subject_for(actor_id)
         start = await self._seek(actor_id, subject, version)
         found = await self._api.get_msg(self._stream, {"seq": start, "next_by_subj": subject})
@@ -752,7 +784,7 @@ class JetStreamEventStore:
         check_actor_id(actor_id)
         subject = self._snapshot_prefix + encode_actor_id(actor_id)
         current = await self._api.last_msg(self._snapshot_stream, subject)
-        snapshot = None if current is None else _decode_snapshot(current)
+        snapshot = None if current is None else _decode_snapshot(current, actor_id)
         seq = None if current is None else current.header(_EVENT_SEQ_HEADER)
         if snapshot is not None and seq is not None and seq.isdigit():
             self._snapshot_marks.put(actor_id, CacheEntry(snapshot.version, int(seq), None))
@@ -780,11 +812,13 @@ def _decode(msg: StoredMsg, actor_id: str) -> Event | ReplayError:
     return event
 
 
-def _decode_snapshot(msg: StoredMsg) -> ActorSnapshot | None:
+def _decode_snapshot(msg: StoredMsg, actor_id: str) -> ActorSnapshot | None:
+    # None for a malformed snapshot, or one of another actor (a foreign writer's).
     try:
-        return ActorSnapshot.from_json(msg.data)
+        snapshot = ActorSnapshot.from_json(msg.data)
     except ValueError:
         return None
+    return snapshot if snapshot.actor_id == actor_id else None
 
 
 _ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.STREAM"
@@ -799,6 +833,17 @@ class _Held(Enum):
     OURS = "ours"  # the very event being appended (actor, id and version)
     OTHER = "other"  # another event: the id is taken
     NOTHING = "nothing"  # the message is gone (purged or deleted): the id is free again
+
+
+def _advisory_callback(
+    store: weakref.ref[JetStreamEventStore],
+) -> Callable[[Msg], Awaitable[None]]:
+    async def on_advisory(msg: Msg) -> None:
+        target = store()
+        if target is not None:
+            target._on_advisory(msg)
+
+    return on_advisory
 
 
 async def _require_jetstream(nc: Client, request_timeout: float) -> None:
