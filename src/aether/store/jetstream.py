@@ -353,7 +353,7 @@ class JetStreamEventStore:
                 self._cache.put(actor_id, tail, generation)
         first_seq = tail.seq  # an attempt of ours that timed out lands after this
         ambiguous = False  # may an attempt of this call have been stored unseen?
-        with_msg_id = True
+        restored = 0  # how often the event's id was found pointing to a purged message
         # Set when the server said an id of ours is taken (by another event, or by this
         # one stored before this call): publishing again would only meet it again.
         taken_by: _Held | None = None
@@ -387,7 +387,7 @@ class JetStreamEventStore:
                     "an event id in this batch was already used by another event "
                     "(within the stream's duplicate window)"
                 )
-            answer, was_ambiguous = await self._publish(append, tail.seq, with_msg_id)
+            answer, was_ambiguous = await self._publish(append, tail.seq, restored)
             ambiguous = ambiguous or was_ambiguous
             error = answer.get("error")
             if error is None and not answer.get("duplicate"):
@@ -410,10 +410,16 @@ class JetStreamEventStore:
                     # Stored before this call: settled by the tail like any re-save (the
                     # latest event, or a conflict); never published again.
                     taken_by = _Held.OURS
+                elif restored < _MAX_RESTORES:
+                    # The id's message is gone (purged, deleted): store the event again,
+                    # under the next "restored" msg id, so that the duplicate window keeps
+                    # pointing to wherever the id lives now (see _msg_id).
+                    restored += 1
                 else:
-                    # The id's message is gone (purged, deleted): store the event again.
-                    # The expected sequence, not the id, keeps a retried copy single.
-                    with_msg_id = False
+                    raise InvalidEventError(
+                        f"event id {append.last_id!r} was stored and purged too often "
+                        f"within the duplicate window (more than {_MAX_RESTORES} times)"
+                    )
             else:
                 code = error.get("err_code")
                 if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
@@ -437,14 +443,18 @@ class JetStreamEventStore:
             self._cache.put(actor_id, tail, generation)
 
     async def _publish(
-        self, append: PendingAppend, expected_seq: int, with_msg_id: bool
+        self, append: PendingAppend, expected_seq: int, restored: int = 0
     ) -> tuple[dict[str, Any], bool]:
-        """One publish (or atomic batch) of *append*, retried until its outcome is known."""
+        """One publish (or atomic batch) of *append*, retried until its outcome is known.
+
+        *restored*: the single event's id was found pointing to a purged message that many
+        times (see :func:`_msg_id`)."""
         subject = append.subject
         if len(append.payloads) == 1:
-            headers = {"Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
-            if with_msg_id:
-                headers["Nats-Msg-Id"] = append.ids[0]
+            headers = {
+                "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
+                "Nats-Msg-Id": _msg_id(append.ids[0], restored),
+            }
             return await self._api.request(
                 subject, append.payloads[0], headers, stream=self._stream
             )
@@ -467,9 +477,8 @@ class JetStreamEventStore:
                 headers = {
                     "Nats-Batch-Id": batch_id,
                     "Nats-Batch-Sequence": str(index + 1),
+                    "Nats-Msg-Id": event_id,
                 }
-                if with_msg_id:
-                    headers["Nats-Msg-Id"] = event_id
                 if index == 0:
                     headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
                 if index < last_index and not diagnose:
@@ -822,6 +831,7 @@ def _decode_snapshot(msg: StoredMsg, actor_id: str) -> ActorSnapshot | None:
 
 
 _ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.STREAM"
+_MAX_RESTORES = 100  # re-stores of one purged event id within the duplicate window
 _EVENT_SEQ_HEADER = "Aether-Event-Seq"
 _MAX_SNAPSHOT_MARKS = 10_000
 _SEEK_MIN_SKIP = 1000  # events; reading them costs about as much as a search
@@ -833,6 +843,21 @@ class _Held(Enum):
     OURS = "ours"  # the very event being appended (actor, id and version)
     OTHER = "other"  # another event: the id is taken
     NOTHING = "nothing"  # the message is gone (purged or deleted): the id is free again
+
+
+def _msg_id(event_id: str, restored: int) -> str:
+    """The Nats-Msg-Id of an event: its id, or after it was found purged *restored* times
+    within the duplicate window, a derived id.
+
+    The duplicate window maps a msg id to the sequence it was stored at, and keeps that
+    mapping when the message is purged. Storing a purged event again under its own id is
+    impossible (the server answers "duplicate"), and storing it without a msg id would
+    leave no trace of where the id lives now: a later event reusing the id would find
+    only the purged sequence and be stored too. So the n-th re-store uses the n-th
+    derived id; whoever meets a purged sequence tries the next one, and finds the event
+    stored there (the same event: done; another one: the id is taken).
+    """
+    return event_id if restored == 0 else f"{event_id}.aether-restored.{restored}"
 
 
 def _advisory_callback(
