@@ -925,15 +925,10 @@ class ActorModel:
     taken_ids: set[str] = field(default_factory=set)  # msg ids a foreign message took
 
     def latest(self) -> int:
-        """README: the latest version is that of the newest valid message. When the newest
-        message is malformed, the store scans and takes the highest valid version (>= 0);
-        the two differ only after a foreign writer appended a *decreasing* version."""
-        if not self.msgs:
-            return 0
-        tail = self.msgs[-1].event
-        if tail is not None:
-            return tail.version
-        return max([0] + [m.event.version for m in self.msgs if m.event is not None])
+        """README: the latest version is that of the newest valid message, whatever
+        malformed messages follow it (the store then scans for it)."""
+        valid = [m.event.version for m in self.msgs if m.event is not None]
+        return valid[-1] if valid else 0
 
     def events(self) -> list[Event]:
         return [m.event for m in self.msgs if m.event is not None]

@@ -808,8 +808,9 @@ async def _pause_if_in_flight(err_code: int) -> None:
 
 
 def _decode(msg: StoredMsg, actor_id: str) -> Event | ReplayError:
+    # The store's decoding rules (_rules), plus: the event is the subject's actor's.
     try:
-        event = Event.from_json(msg.data)
+        event = _rules.decode_event(msg.data)
     except ValueError as exc:
         return ReplayError(msg.seq, msg.data, exc)
     if event.actor_id != actor_id:
@@ -824,7 +825,7 @@ def _decode(msg: StoredMsg, actor_id: str) -> Event | ReplayError:
 def _decode_snapshot(msg: StoredMsg, actor_id: str) -> ActorSnapshot | None:
     # None for a malformed snapshot, or one of another actor (a foreign writer's).
     try:
-        snapshot = ActorSnapshot.from_json(msg.data)
+        snapshot = _rules.decode_snapshot(msg.data)
     except ValueError:
         return None
     return snapshot if snapshot.actor_id == actor_id else None
