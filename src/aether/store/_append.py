@@ -15,16 +15,26 @@ stream incarnation: the store drops its cache when the stream is recreated). Any
 decided *without* a publish, a conflict or "already stored", needs a tail read from the
 server. So a warm ``save_event`` is one round trip, and no cache content can make the
 store answer differently from a cold store.
+
+The module holds the two pure halves of the append state machine: :func:`decide` (what
+to do with a tail in hand) and :func:`classify` (what the server's answer to a publish
+says). ``JetStreamEventStore._attempt`` drives them with I/O: read, publish, look up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from aether.event import Event
 from aether.store._cache import CacheEntry
+from aether.store._jsapi import (
+    BATCH_DUPLICATE_MSG_ID,
+    WRONG_LAST_SEQUENCE,
+    WRONG_LAST_SEQUENCE_IN_FLIGHT,
+)
 from aether.store._rules import EncodedEvent, conflicts
 
 
@@ -109,3 +119,28 @@ def decide(append: PendingAppend, tail: CacheEntry, *, from_server: bool) -> Ste
     if append.conflicts_with(tail.version):
         return Step.CONFLICT if from_server else Step.READ
     return Step.PUBLISH
+
+
+class Answer(Enum):
+    """What the server's answer to a publish (or an atomic batch's commit) says."""
+
+    STORED = "stored"  # appended, at answer["seq"]
+    DUPLICATE = "duplicate"  # the id is in the duplicate window: nothing stored now;
+    # answer["seq"] is where that id was stored
+    MOVED_ON = "moved on"  # wrong last sequence: someone wrote after the tail we sent
+    ID_TAKEN = "id taken"  # an atomic batch carries an id of the duplicate window (which
+    # one, and where it was stored, the server does not say)
+    REFUSED = "refused"  # any other error
+
+
+def classify(answer: Mapping[str, Any]) -> Answer:
+    """Classify a decoded publish answer (a JetStream PubAck or an error)."""
+    error = answer.get("error")
+    if error is None:
+        return Answer.DUPLICATE if answer.get("duplicate") else Answer.STORED
+    code = error.get("err_code")
+    if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
+        return Answer.MOVED_ON
+    if code == BATCH_DUPLICATE_MSG_ID:
+        return Answer.ID_TAKEN
+    return Answer.REFUSED

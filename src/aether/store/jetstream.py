@@ -48,11 +48,10 @@ from aether.errors import (
 from aether.event import ActorSnapshot, Event, check_actor_id
 from aether.replay import ReplayError, ReplayResult
 from aether.store import _rules
-from aether.store._append import PendingAppend, Step, decide
+from aether.store._append import Answer, PendingAppend, Step, classify, decide
 from aether.store._cache import EMPTY, CacheEntry, KeyedLocks, VersionCache
 from aether.store._jsapi import (
     API,
-    BATCH_DUPLICATE_MSG_ID,
     BATCH_INCOMPLETE,
     WRONG_LAST_SEQUENCE,
     WRONG_LAST_SEQUENCE_IN_FLIGHT,
@@ -389,55 +388,52 @@ class JetStreamEventStore:
                 )
             answer, was_ambiguous = await self._publish(append, tail.seq, restored)
             ambiguous = ambiguous or was_ambiguous
-            error = answer.get("error")
-            if error is None and not answer.get("duplicate"):
-                stored = CacheEntry(append.last_version, answer["seq"], append.last_id)
-                self._cache.put(actor_id, stored, generation)
-                return True
-            if error is None:
-                # The server already knows this id (its duplicate window) and stored
-                # nothing now: look at what that id was stored as.
-                held = await self._held_at(append, answer["seq"])
-                if held is _Held.OTHER:
-                    raise InvalidEventError(
-                        f"event id {append.last_id!r} was already used by another event "
-                        "(ids must be unique)"
-                    )
-                if held is _Held.OURS:
-                    if ambiguous:
-                        self._cache.discard(actor_id)  # an attempt of this call landed
-                        return True
-                    # Stored before this call: settled by the tail like any re-save (the
-                    # latest event, or a conflict); never published again.
-                    taken_by = _Held.OURS
-                elif restored < _MAX_RESTORES:
-                    # The id's message is gone (purged, deleted): store the event again,
-                    # under the next "restored" msg id, so that the duplicate window keeps
-                    # pointing to wherever the id lives now (see _msg_id).
-                    restored += 1
-                else:
-                    raise InvalidEventError(
-                        f"event id {append.last_id!r} was stored and purged too often "
-                        f"within the duplicate window (more than {_MAX_RESTORES} times)"
-                    )
-            else:
-                code = error.get("err_code")
-                if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
+            match classify(answer):
+                case Answer.STORED:
+                    stored = CacheEntry(append.last_version, answer["seq"], append.last_id)
+                    self._cache.put(actor_id, stored, generation)
+                    return True
+                case Answer.DUPLICATE:
+                    # Nothing stored now: look at what the id was stored as.
+                    held = await self._held_at(append, answer["seq"])
+                    if held is _Held.OTHER:
+                        raise InvalidEventError(
+                            f"event id {append.last_id!r} was already used by another "
+                            "event (ids must be unique)"
+                        )
+                    if held is _Held.OURS:
+                        if ambiguous:
+                            self._cache.discard(actor_id)  # an attempt of this call landed
+                            return True
+                        # Stored before this call: settled by the tail like any re-save
+                        # (the latest event, or a conflict); never published again.
+                        taken_by = _Held.OURS
+                    elif restored < _MAX_RESTORES:
+                        # The id's message is gone (purged, deleted): store the event
+                        # again, under the next "restored" msg id, so that the duplicate
+                        # window keeps pointing to wherever the id lives (see _msg_id).
+                        restored += 1
+                    else:
+                        raise InvalidEventError(
+                            f"event id {append.last_id!r} was stored and purged too often "
+                            f"within the duplicate window (more than {_MAX_RESTORES} times)"
+                        )
+                case Answer.MOVED_ON:
                     # Someone wrote since the tail we knew (or our own timed-out attempt
                     # landed): read the tail from the server and decide again.
                     self._stats.stale_cache_repairs += 1
-                    await _pause_if_in_flight(code)
-                elif code == BATCH_DUPLICATE_MSG_ID:
+                    await _pause_if_in_flight(answer["error"]["err_code"])
+                case Answer.ID_TAKEN:
                     # An atomic batch checks its ids *before* the expected sequence, so
                     # this says nothing of the tail we sent: decide on the server's tail;
                     # only if the batch could be appended there is the id the answer.
                     # (Which id, and whether its event still exists, the server does not
                     # say: a batch reusing the id of a purged event is refused too.)
                     taken_by = _Held.OTHER
-                elif ambiguous and await self._landed_after(append, first_seq):
-                    self._cache.discard(actor_id)  # an earlier attempt landed; this
-                    return True  # answer is about a later copy
-                else:
+                case Answer.REFUSED:
+                    if ambiguous and await self._landed_after(append, first_seq):
+                        self._cache.discard(actor_id)  # an earlier attempt landed; this
+                        return True  # answer is about a later copy
                     raise_for_error(answer, self._stream)
             tail, from_server = await self._read_tail(actor_id, append.subject), True
             self._cache.put(actor_id, tail, generation)
