@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import nats
 from nats.aio.client import Client
 
-from aether.store import JetStreamConfig, JetStreamEventStore
+from aether import Event
+from aether.store import EventStore, JetStreamConfig, JetStreamEventStore
 
 StoreFactory = Callable[..., Awaitable[JetStreamEventStore]]
 
@@ -51,3 +52,16 @@ async def store_factory(
                 for stream in (name, f"{name}_snapshots"):
                     with contextlib.suppress(nats.js.errors.NotFoundError):
                         await js.delete_stream(stream)
+
+
+def ev(actor: str, version: int, event_id: str | None = None) -> Event:
+    """A small event of *actor* at *version* (with *event_id* if given)."""
+    event = Event("Deposited", actor, version, {"v": version})
+    if event_id is not None:
+        event.id = event_id
+    return event
+
+
+async def versions(store: EventStore, actor: str) -> list[int]:
+    """The versions of *actor*'s stored history, in order."""
+    return [event.version for event in await store.get_events(actor)]

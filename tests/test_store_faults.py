@@ -32,20 +32,9 @@ from aether.store._cache import CacheEntry
 from aether.testing import NatsServer
 
 from ._proxy import NatsProxy
-from ._stores import StoreFactory, unique
+from ._stores import StoreFactory, ev, unique, versions
 
 _LONG = timedelta(seconds=60)
-
-
-def ev(actor: str, version: int, event_id: str | None = None) -> Event:
-    event = Event("Deposited", actor, version, {"v": version})
-    if event_id is not None:
-        event.id = event_id
-    return event
-
-
-async def versions(store: JetStreamEventStore, actor: str) -> list[int]:
-    return [event.version for event in await store.get_events(actor)]
 
 
 async def recreate_and_write(nc: Client, s1: JetStreamEventStore, other: StoreFactory) -> None:

@@ -93,7 +93,7 @@ from ._model import (
     StoreModel,
     key_of,
 )
-from ._stores import StoreFactory, unique
+from ._stores import StoreFactory, ev, unique, versions
 
 # Few actors, so that collisions are frequent; one needs its id encoded into the subject.
 ACTORS = ("a", "b", "c.1")
@@ -681,17 +681,6 @@ def test_operator_actions_match_the_model(nats_url: str) -> None:
 
 
 # -- the known fault shapes, deterministic --------------------------------------------------
-
-
-def ev(actor: str, version: Any, event_id: str | None = None) -> Event:
-    event = Event("Saved", actor, version, {"v": version})
-    if event_id is not None:
-        event.id = event_id
-    return event
-
-
-async def versions(store: Any, actor: str) -> list[int]:
-    return [e.version for e in await store.get_events(actor)]
 
 
 async def recreate(nc: Client, store: JetStreamEventStore, snapshots_too: bool = False) -> None:
