@@ -20,11 +20,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 import click
 import nats.js.errors
@@ -139,8 +140,53 @@ def demo(
     """
     options = DemoOptions(processes, accounts, events, outside_writer, timeout, keep_stream)
     with _exit_on_termination(), embedded_or_url(conn) as target:
-        passed = asyncio.run(run_demo(options, target))
+        passed = asyncio.run(_cancelled_on_termination(run_demo(options, target)))
     ctx.exit(0 if passed else 1)
+
+
+async def _cancelled_on_termination(main: Coroutine[Any, Any, bool]) -> bool:
+    """Run *main*; SIGTERM/SIGHUP cancel it, then exit as :func:`_exit_on_termination` does.
+
+    While the event loop runs, a signal must not raise from whatever bytecode happens to
+    be running (a task's step, a future's callback, nats-py's reader): that can leave a
+    task that is never woken, and the shutdown waiting for it forever. The loop's own
+    signal handling runs between callbacks; cancelling the main task then lets every
+    ``finally`` (workers stopped, the outside writer's outcome kept) run at an await.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    signals = _termination_signals()
+    if threading.current_thread() is threading.main_thread():
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await main
+    except asyncio.CancelledError:
+        if received:
+            raise SystemExit(128 + received[0]) from None
+        raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+                # Back to _exit_on_termination's handler (remove_signal_handler resets to
+                # the default, which would kill the process during the cleanup that follows).
+                signal.signal(sig, _raise_system_exit)
+
+
+def _termination_signals() -> list[signal.Signals]:
+    return [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+
+
+def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 @contextlib.contextmanager
@@ -154,11 +200,7 @@ def _exit_on_termination() -> Iterator[None]:
         yield  # signal handlers can only be set from the main thread
         return
 
-    def leave(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    previous = {sig: signal.signal(sig, leave) for sig in signals}
+    previous = {sig: signal.signal(sig, _raise_system_exit) for sig in _termination_signals()}
     try:
         yield
     finally:
