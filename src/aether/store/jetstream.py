@@ -24,7 +24,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterator,
     Sequence,
 )
 from dataclasses import dataclass, replace
@@ -568,17 +567,12 @@ class JetStreamEventStore:
             self._forget()
 
     def _forget(self) -> None:
-        """Forget everything tied to the stream's sequences (the cache, snapshot marks)."""
+        """Forget everything tied to the stream's sequences (the cache, snapshot marks).
+
+        Called on a new incarnation of the stream, and wherever StreamNotFoundError
+        passes through the store (appends, tail reads, replays)."""
         self._cache.clear()
         self._snapshot_marks.clear()
-
-    @contextlib.contextmanager
-    def _forget_if_stream_missing(self) -> Iterator[None]:
-        try:
-            yield
-        except StreamNotFoundError:
-            self._forget()
-            raise
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -595,8 +589,11 @@ class JetStreamEventStore:
         """
         subject = self.subject_for(actor_id)
         before, generation = self._cache.get(actor_id), self._cache.generation
-        with self._forget_if_stream_missing():
+        try:
             entry = await self._read_tail(actor_id, subject)
+        except StreamNotFoundError:
+            self._forget()
+            raise
         self._cache.put_read(actor_id, entry, before, generation)
         return entry.version
 
@@ -721,10 +718,13 @@ class JetStreamEventStore:
             batch=self._config.replay_batch_size,
             replicated=self._replicated,
         )
-        with self._forget_if_stream_missing():
+        try:
             async with contextlib.aclosing(messages):
                 async for msg in messages:
                     yield _decode(msg, actor_id)
+        except StreamNotFoundError:
+            self._forget()
+            raise
 
     # -- snapshots ------------------------------------------------------------------------
 
