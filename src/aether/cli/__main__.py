@@ -1,4 +1,4 @@
-"""``python -m aether.cli``: the same as the ``aether`` console script."""
+"""``python -m aether.cli``: the same as ``python -m aether`` and the ``aether`` script."""
 
 from aether.cli import main
 

