@@ -139,8 +139,8 @@ async def test_replay_tops_up_what_a_lagging_replica_did_not_deliver(
         store = await JetStreamEventStore.open(nc, unique("lag"), R3)
         events = [Event("Deposited", "acc", v) for v in range(1, 41)]
         await store.save_events(events)
-        api = store._api
-        real_drain = api._drain
+        replayer = store._replay
+        real_drain = replayer._drain
         truncated = 0
 
         async def lagging_drain(
@@ -151,7 +151,7 @@ async def test_replay_tops_up_what_a_lagging_replica_did_not_deliver(
             async for msg in real_drain(stream, name, min(pending, 30), batch):
                 yield msg
 
-        api._drain = lagging_drain  # type: ignore[method-assign]
+        replayer._drain = lagging_drain  # type: ignore[method-assign]
         assert [e.id for e in await store.get_events("acc")] == [e.id for e in events]
         assert [e.version async for e in store.iter_events("acc", 35)] == list(range(35, 41))
         assert truncated == 2

@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from aether import Event, JetStreamError
-from aether.store import JetStreamConfig, JetStreamEventStore, _jsapi
+from aether.store import JetStreamConfig, JetStreamEventStore, _replay
 
 from ._stores import unique
 
@@ -49,7 +49,7 @@ class Conn:
         assert not [e for e in self.errors if isinstance(e, nats.errors.SlowConsumerError)]
         assert self.errors == []
         # Every replay has ended: the connection's replay budget is whole again.
-        budget = _jsapi._BUDGETS.get(self.nc)
+        budget = _replay._BUDGETS.get(self.nc)
         assert budget is None or budget.available == budget.capacity
 
 
@@ -151,9 +151,9 @@ async def test_pulls_ended_by_bytes_and_by_count_mixed(
     two pulls in flight), events of random sizes: pulls end by their byte bound, their
     message count, or the end of the subject in every order, and each is followed by the
     next."""
-    one_message = conn.nc.max_payload + _jsapi._REPLAY_MSG_OVERHEAD
-    monkeypatch.setattr(_jsapi, "_REPLAY_BYTES_IN_FLIGHT", pulls * one_message)
-    assert _jsapi._replay_window(conn.nc.max_payload) == (pulls, one_message)
+    one_message = conn.nc.max_payload + _replay._REPLAY_MSG_OVERHEAD
+    monkeypatch.setattr(_replay, "_REPLAY_BYTES_IN_FLIGHT", pulls * one_message)
+    assert _replay._replay_window(conn.nc.max_payload) == (pulls, one_message)
     rng = random.Random(7)
     sizes = [rng.choice([10, 1_000, 30_000, 200_000, 600_000]) for _ in range(120)]
     config = JetStreamConfig(storage="memory", replay_batch_size=batch)
@@ -172,18 +172,18 @@ async def test_a_pull_refused_as_more_than_pending_does_not_end_the_replay(
     """Messages deleted after the consumer counted them: the second pull finds the first
     already covering everything left, and the server refuses it (408 Requests Pending).
     That ends only that pull: the first still brings what is left."""
-    real_create = _jsapi.JsApi._create_consumer
+    real_create = _replay.Replayer._create_consumer
 
     async def create_then_delete(
-        api: _jsapi.JsApi, stream: str, subject: str, start_seq: int
+        replayer: _replay.Replayer, stream: str, subject: str, start_seq: int
     ) -> tuple[str, int] | None:
-        created = await real_create(api, stream, subject, start_seq)
+        created = await real_create(replayer, stream, subject, start_seq)
         js = conn.nc.jetstream()
         for seq in range(2, 41):
             await js.delete_msg(stream, seq)
         return created
 
-    monkeypatch.setattr(_jsapi.JsApi, "_create_consumer", create_then_delete)
+    monkeypatch.setattr(_replay.Replayer, "_create_consumer", create_then_delete)
     config = JetStreamConfig(storage="memory", replay_batch_size=4)
     async with opened(nats_url, conn.nc, config) as store:
         await write(store, "acct", [10] * 40, 40)
@@ -198,7 +198,7 @@ async def test_a_message_larger_than_a_pull_is_an_error_not_a_loop(
     """A pull's max_bytes admits the largest message the server accepts; should a stored
     message be larger still, each pull would end with nothing delivered. The replay
     says so instead of sending pulls forever."""
-    monkeypatch.setattr(_jsapi, "_replay_window", lambda max_payload: (2, 4_000))
+    monkeypatch.setattr(_replay, "_replay_window", lambda max_payload: (2, 4_000))
     async with opened(nats_url, conn.nc) as store:
         await write(store, "acct", [100, 10_000, 100], 3)
         with pytest.raises(JetStreamError, match="larger than 4000 bytes"):
@@ -237,8 +237,8 @@ def replay(store: JetStreamEventStore, actor: str) -> AsyncGenerator[Event, None
 
 def one_pull_budget(monkeypatch: pytest.MonkeyPatch, nc: Client, pulls: int) -> int:
     """Make the connection's budget *pulls* pulls of one max-size message; returns that."""
-    one_message = nc.max_payload + _jsapi._REPLAY_MSG_OVERHEAD
-    monkeypatch.setattr(_jsapi, "_REPLAY_BYTES_IN_FLIGHT", pulls * one_message)
+    one_message = nc.max_payload + _replay._REPLAY_MSG_OVERHEAD
+    monkeypatch.setattr(_replay, "_REPLAY_BYTES_IN_FLIGHT", pulls * one_message)
     return one_message
 
 
@@ -302,7 +302,7 @@ async def test_a_pull_ended_silently_does_not_hold_the_budget_forever(
         async with contextlib.aclosing(held):
             assert (await anext(held)).version == 1
             assert lossy
-            budget = _jsapi._BUDGETS[conn.nc]
+            budget = _replay._BUDGETS[conn.nc]
             assert budget.available == 0  # all of it, for a pull whose end never comes
             async with asyncio.timeout(10):
                 assert [e.version for e in await store.get_events("acct")] == list(range(1, 11))
@@ -311,7 +311,7 @@ async def test_a_pull_ended_silently_does_not_hold_the_budget_forever(
 
 
 async def test_budget_serves_waiters_in_order() -> None:
-    budget = _jsapi._Budget(10)
+    budget = _replay._Budget(10)
     await budget.acquire(8)
     granted: list[str] = []
 
@@ -342,7 +342,7 @@ async def test_budget_serves_waiters_in_order() -> None:
 
 
 async def test_budget_cancelled_waiter_takes_nothing() -> None:
-    budget = _jsapi._Budget(10)
+    budget = _replay._Budget(10)
     await budget.acquire(7)
     head = asyncio.create_task(budget.acquire(6))
     behind = asyncio.create_task(budget.acquire(3))

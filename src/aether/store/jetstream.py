@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -38,7 +37,6 @@ from nats.aio.subscription import Subscription
 from aether.errors import (
     EventTooLargeError,
     InvalidEventError,
-    JetStreamNotEnabledError,
     StoreClosedError,
     StreamNotFoundError,
     UnsupportedServerError,
@@ -50,17 +48,19 @@ from aether.store import _rules
 from aether.store._append import Answer, PendingAppend, Step, classify, decide
 from aether.store._cache import EMPTY, CacheEntry, KeyedLocks, VersionCache
 from aether.store._jsapi import (
-    API,
     BATCH_INCOMPLETE,
     WRONG_LAST_SEQUENCE,
     WRONG_LAST_SEQUENCE_IN_FLIGHT,
     JsApi,
     StoredMsg,
     TransientError,
+    api_for,
     decode_answer,
     raise_for_error,
+    require_jetstream,
 )
 from aether.store._provision import StreamSettings, find, provision
+from aether.store._replay import Replayer
 from aether.store._subjects import SNAPSHOTS_SUFFIX, encode_actor_id
 from aether.store.config import JetStreamConfig
 
@@ -101,6 +101,7 @@ class JetStreamEventStore:
         # Use open() or attach(): they provision the streams and call _listen().
         self._nc = nc
         self._api = api
+        self._replay = Replayer(api)
         self._config = config
         self._settings = events
         self._stream = stream_name = events.name
@@ -170,8 +171,8 @@ class JetStreamEventStore:
         Raises JetStreamNotEnabledError at once if the server has no JetStream.
         """
         config = config or JetStreamConfig()
-        api = _api_for(nc, config)
-        await _require_jetstream(nc, config.request_timeout.total_seconds())
+        api = api_for(nc, config)
+        await require_jetstream(nc, config.request_timeout.total_seconds())
         version = nc.connected_server_version
         atomic = (version.major, version.minor) >= _ATOMIC_SINCE
         events, snapshots = await provision(
@@ -194,8 +195,8 @@ class JetStreamEventStore:
         AetherError if it does not hold aether's event subjects.
         """
         config = config or JetStreamConfig()
-        api = _api_for(nc, config)
-        await _require_jetstream(nc, config.request_timeout.total_seconds())
+        api = api_for(nc, config)
+        await require_jetstream(nc, config.request_timeout.total_seconds())
         events, snapshots = await find(api, config.namespace, stream_name, config)
         snapshot_stream = events.name + SNAPSHOTS_SUFFIX if snapshots is None else snapshots.name
         store = cls(nc, api, config, events, snapshot_stream, events.allow_atomic)
@@ -607,7 +608,7 @@ class JetStreamEventStore:
         # The newest message is malformed (a foreign writer): find the newest valid event
         # with a scan. Rare, and the actor stays writable: appends follow ``last.seq``.
         version, event_id, event_seq = 0, "", 0
-        messages = self._api.iter_subject(
+        messages = self._replay.iter_subject(
             self._stream, subject, batch=self._config.replay_batch_size, replicated=self._replicated
         )
         async with contextlib.aclosing(messages):
@@ -711,7 +712,7 @@ class JetStreamEventStore:
         self, actor_id: str, subject: str, start_seq: int = 1
     ) -> AsyncGenerator[Event | ReplayError, None]:
         """Every message on the actor's subject from *start_seq*, decoded."""
-        messages = self._api.iter_subject(
+        messages = self._replay.iter_subject(
             self._stream,
             subject,
             start_seq=start_seq,
@@ -866,30 +867,3 @@ def _advisory_callback(
             target._on_advisory(msg)
 
     return on_advisory
-
-
-async def _require_jetstream(nc: Client, request_timeout: float) -> None:
-    """Raise JetStreamNotEnabledError at once if the server (or account) has no JetStream.
-
-    Nobody answers ``$JS.API.INFO`` on a server started without JetStream ("no
-    responders"); an account without JetStream gets an error answer. Any other failure
-    (a timeout, a reconnect) is left to the store's own retries.
-    """
-    try:
-        msg = await nc.request(f"{API}.INFO", b"", timeout=request_timeout)
-    except nats.errors.NoRespondersError:
-        raise JetStreamNotEnabledError(
-            "the NATS server has no JetStream (start nats-server with -js)"
-        ) from None
-    except (TimeoutError, nats.errors.Error):
-        return
-    with contextlib.suppress(TransientError):
-        decode_answer(msg.data)  # raises JetStreamNotEnabledError for such an account
-
-
-def _api_for(nc: Client, config: JetStreamConfig) -> JsApi:
-    return JsApi(
-        nc,
-        request_timeout=config.request_timeout.total_seconds(),
-        retry_deadline=config.retry_deadline.total_seconds(),
-    )
