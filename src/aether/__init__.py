@@ -1,6 +1,7 @@
 """aether: event-sourcing primitives for Python on NATS JetStream.
 
-The event model and errors live here; stores in :mod:`aether.store`, test servers in
+The event model and errors live here; stores in :mod:`aether.store`, stream
+administration (list, inspect, create, delete) in :mod:`aether.admin`, test servers in
 :mod:`aether.testing`.
 """
 
@@ -12,6 +13,7 @@ from aether.errors import (
     JetStreamNotEnabledError,
     StoreClosedError,
     StoreUnavailableError,
+    StreamExistsError,
     StreamNotFoundError,
     UnsuitableStreamError,
     UnsupportedServerError,
@@ -47,6 +49,7 @@ __all__ = [
     "ReplayResult",
     "StoreClosedError",
     "StoreUnavailableError",
+    "StreamExistsError",
     "StreamNotFoundError",
     "UnsuitableStreamError",
     "UnsupportedServerError",

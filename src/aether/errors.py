@@ -83,6 +83,18 @@ class StreamNotFoundError(AetherError, LookupError):
         return (type(self), (self.stream_name,))
 
 
+class StreamExistsError(AetherError):
+    """:meth:`StreamAdmin.create_stream <aether.admin.StreamAdmin.create_stream>` found
+    the stream already there: nothing was created or changed."""
+
+    def __init__(self, stream_name: str) -> None:
+        self.stream_name = stream_name
+        super().__init__(f"stream {stream_name!r} already exists")
+
+    def __reduce__(self) -> tuple[type[StreamExistsError], tuple[str]]:
+        return (type(self), (self.stream_name,))
+
+
 class UnsupportedServerError(AetherError):
     """The connected nats-server lacks a feature the call needs (e.g. atomic batches)."""
 

@@ -264,6 +264,16 @@ async def require_jetstream(nc: Client, request_timeout: float) -> None:
         decode_answer(msg.data)  # raises JetStreamNotEnabledError for such an account
 
 
+#: nats-server accepts atomic batch publishes (ADR-50) from this version on.
+ATOMIC_PUBLISH_SINCE = (2, 12)
+
+
+def atomic_publish_supported(nc: Client) -> bool:
+    """Whether the server *nc* is connected to accepts atomic batch publishes."""
+    version = nc.connected_server_version
+    return (version.major, version.minor) >= ATOMIC_PUBLISH_SINCE
+
+
 def api_for(nc: Client, config: JetStreamConfig) -> JsApi:
     """Requests with *config*'s request timeout and retry deadline."""
     return JsApi(

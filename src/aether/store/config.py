@@ -16,6 +16,7 @@ from aether.store._subjects import (
     MAX_REAL_NAME_LENGTH,
     NAMESPACE_SEPARATOR,
     encode_namespace,
+    real_stream_name,
 )
 
 __all__ = ["InvalidConfigError", "JetStreamConfig"]
@@ -28,15 +29,20 @@ MAX_REPLAY_BATCH = 10_000
 
 
 class InvalidConfigError(AetherError, ValueError, TypeError):
-    """A :class:`JetStreamConfig` field has a wrong type or value; ``field`` names it."""
+    """A :class:`JetStreamConfig` field, or the stream name a store is opened with
+    (``field == "stream_name"``), has a wrong type or value; ``field`` names it."""
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
-        super().__init__(f"JetStreamConfig.{field} {message}")
+        super().__init__(f"{_qualified(field)} {message}")
 
     def __reduce__(self) -> tuple[type[InvalidConfigError], tuple[str, str]]:
-        prefix = f"JetStreamConfig.{self.field} "
+        prefix = f"{_qualified(self.field)} "
         return (type(self), (self.field, str(self).removeprefix(prefix)))
+
+
+def _qualified(field: str) -> str:
+    return f"JetStreamConfig.{field}" if field in _KINDS else field
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,15 @@ class JetStreamConfig:
                 f"({_show(self.duplicate_window)}): nats-server refuses a stream whose max "
                 "age is shorter than its duplicate window. Use None to keep events forever",
             )
+
+    def events_stream_for(self, stream_name: str) -> str:
+        """The JetStream events stream of the store *stream_name* in this namespace (see
+        :func:`~aether.store._subjects.real_stream_name`). Raises InvalidConfigError
+        (``field == "stream_name"``) for a name no store can have."""
+        try:
+            return real_stream_name(self.namespace, stream_name)
+        except (TypeError, ValueError) as exc:
+            raise InvalidConfigError("stream_name", str(exc).removeprefix("stream_name ")) from None
 
     @property
     def min_duplicate_window(self) -> timedelta:

@@ -55,6 +55,7 @@ from aether.store._jsapi import (
     StoredMsg,
     TransientError,
     api_for,
+    atomic_publish_supported,
     decode_answer,
     raise_for_error,
     require_jetstream,
@@ -68,7 +69,6 @@ from aether.store.config import JetStreamConfig
 _HEADER_ALLOWANCE = 256
 # How long to let an in-flight write to the same subject commit (clustered streams).
 _IN_FLIGHT_PAUSE = 0.005
-_ATOMIC_SINCE = (2, 12)
 
 
 @dataclass
@@ -168,13 +168,15 @@ class JetStreamEventStore:
         (``$JS.EVENT.ADVISORY.STREAM.*.<stream>``) to notice the stream being recreated;
         :meth:`close` (or ``async with``) ends that subscription.
 
-        Raises JetStreamNotEnabledError at once if the server has no JetStream.
+        Raises JetStreamNotEnabledError at once if the server has no JetStream, and
+        InvalidConfigError for a stream name no store can have (letters, digits, ``-`` and
+        ``_``; see :meth:`JetStreamConfig.events_stream_for`).
         """
         config = config or JetStreamConfig()
+        config.events_stream_for(stream_name)  # InvalidConfigError for a bad name
         api = api_for(nc, config)
         await require_jetstream(nc, config.request_timeout.total_seconds())
-        version = nc.connected_server_version
-        atomic = (version.major, version.minor) >= _ATOMIC_SINCE
+        atomic = atomic_publish_supported(nc)
         events, snapshots = await provision(
             api, config.namespace, stream_name, config, atomic=atomic
         )
@@ -195,6 +197,7 @@ class JetStreamEventStore:
         AetherError if it does not hold aether's event subjects.
         """
         config = config or JetStreamConfig()
+        config.events_stream_for(stream_name)  # InvalidConfigError for a bad name
         api = api_for(nc, config)
         await require_jetstream(nc, config.request_timeout.total_seconds())
         events, snapshots = await find(api, config.namespace, stream_name, config)
@@ -270,15 +273,14 @@ class JetStreamEventStore:
         batch = _rules.prepare_batch(events)
         expected = _rules.check_expected_version(expected_version)
         if len(batch) > 1 and not self._atomic:
-            version = self._nc.connected_server_version
-            if (version.major, version.minor) >= _ATOMIC_SINCE:
+            if atomic_publish_supported(self._nc):
                 raise UnsupportedServerError(
                     f"stream {self._stream!r} does not allow atomic batch publish "
                     "(allow_atomic); JetStreamEventStore.open enables it"
                 )
             raise UnsupportedServerError(
                 "save_events with several events needs nats-server >= 2.12 (atomic batch "
-                f"publish); connected to {version}"
+                f"publish); connected to {self._nc.connected_server_version}"
             )
         for encoded in batch:
             self._check_size(encoded.payload, encoded.id)
