@@ -1,120 +1,129 @@
 """The documentation stays true to the code.
 
-- ``docs/reference/`` is what ``scripts/gen_api_docs.py`` generates from the docstrings now;
-- the example code the how-tos include is the current text of those files (the programs
-  themselves run in ``tests/test_examples.py``);
+- ``mkdocs build --strict`` succeeds: the API reference renders from the docstrings
+  (mkdocstrings), every page is in the nav, every link, anchor and cross-reference of the
+  site resolves, and every ``--8<--`` include finds its file and region;
+- every ``--8<--`` include names an existing file, and a region that file marks with
+  ``# --8<-- [start:name]`` / ``# --8<-- [end:name]`` (the programs themselves run in
+  ``tests/test_examples.py``);
 - every relative link in ``docs/`` and ``README.md`` points to an existing file (and, with
-  a ``#fragment``, to an existing heading), and every page is linked from somewhere;
-- the Python blocks of the hand-written pages at least compile, and the index shows the
-  README's first commands unchanged.
+  a ``#fragment``, to an existing heading, or to an object the reference page documents),
+  as GitHub shows them, and every page is linked from somewhere;
+- the Python blocks of the hand-written pages, includes expanded, at least compile, and
+  the index shows the README's first commands unchanged.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
+import importlib
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+REFERENCE = DOCS / "reference"
 README = ROOT / "README.md"
-REGENERATE = ".venv/bin/python scripts/gen_api_docs.py"
-#: Pages written with this test: their Python blocks must compile.
+#: Pages written by hand: their Python blocks must compile.
 HAND_WRITTEN = ["index.md", "concepts.md", "howto/fastapi.md", "howto/multiple-writers.md"]
 HAND_WRITTEN += ["howto/cluster.md", "howto/testing.md"]
-
-
-def load_generator() -> ModuleType:
-    name = "aether_gen_api_docs"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "gen_api_docs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = load_generator()
 
 
 def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
 
-# -- generated content ---------------------------------------------------------------------
+def pages() -> list[Path]:
+    return [*sorted(DOCS.rglob("*.md")), README]
 
 
-def test_api_reference_is_up_to_date() -> None:
-    stale = gen.stale_reference()
-    assert not stale, (
-        f"the API reference is out of date ({', '.join(rel(p) for p in stale)}): "
-        f"run `{REGENERATE}` and commit docs/reference/"
+# -- the site ------------------------------------------------------------------------------
+
+
+def test_mkdocs_build_is_strict_clean(tmp_path: Path) -> None:
+    """The site builds with every warning an error (the CI build)."""
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The reference is rendered from the docstrings, the how-tos include the examples.
+    reference = (site / "reference" / "aether.store" / "index.html").read_text("utf-8")
+    assert 'id="aether.store.JetStreamEventStore.save_event"' in reference
+    assert ":class:`" not in reference and ":meth:`" not in reference  # roles were rewritten
+    fastapi = (site / "howto" / "fastapi" / "index.html").read_text("utf-8")
+    assert "SNAPSHOT_EVERY" in fastapi and "--8&lt;--" not in fastapi
 
 
-def test_included_examples_are_up_to_date() -> None:
-    changed = gen.refreshed_docs()
-    assert not changed, (
-        f"{', '.join(rel(p) for p in changed)} show(s) outdated example code: "
-        f"run `{REGENERATE}` (it copies the current files into the pages)"
-    )
+def test_reference_pages_render_one_module_each() -> None:
+    for page in sorted(REFERENCE.glob("*.md")):
+        if page.name == "index.md":
+            continue
+        directives = re.findall(r"^::: (\S+)", page.read_text("utf-8"), re.MULTILINE)
+        assert directives == [page.stem], f"{rel(page)} should render ::: {page.stem}"
+        importlib.import_module(page.stem)
+
+
+# -- includes ------------------------------------------------------------------------------
+
+#: ``--8<-- "path"`` (a whole file) or ``--8<-- "path:region"``, relative to the repository.
+_SNIPPET = re.compile(r'^(?P<indent>[ \t]*)--8<--[ \t]+"(?P<path>[^":]+)(?::(?P<region>[^"]*))?"')
+
+
+def snippet_text(path: str, region: str | None) -> str:
+    """What pymdownx.snippets includes for ``--8<-- "path[:region]"`` (markers removed)."""
+    lines = (ROOT / path).read_text("utf-8").splitlines()
+    if region is not None:
+        starts = [n for n, line in enumerate(lines) if f"--8<-- [start:{region}]" in line]
+        ends = [n for n, line in enumerate(lines) if f"--8<-- [end:{region}]" in line]
+        if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+            raise ValueError(f"{path} has no single region {region!r}")
+        lines = lines[starts[0] + 1 : ends[0]]
+    kept = [line for line in lines if not re.search(r"--8<-- \[(start|end):", line)]
+    return "\n".join(kept)
+
+
+def with_snippets(text: str) -> str:
+    """*text* with each include line replaced by what it includes."""
+
+    def expand(match: re.Match[str]) -> str:
+        return snippet_text(match["path"], match["region"])
+
+    return re.sub(_SNIPPET.pattern + r"[ \t]*$", expand, text, flags=re.MULTILINE)
 
 
 def test_every_include_names_an_existing_file_and_region() -> None:
     includes = 0
-    for page in gen.doc_pages():
-        for match in gen._INCLUDE.finditer(page.read_text("utf-8")):
+    problems = []
+    for page in sorted(DOCS.rglob("*.md")):
+        for n, line in enumerate(page.read_text("utf-8").splitlines(), start=1):
+            if "--8<--" not in line:
+                continue
+            match = _SNIPPET.match(line)
+            if match is None:
+                problems.append(f'{rel(page)}:{n}: not --8<-- "path" or --8<-- "path:region"')
+                continue
             includes += 1
-            path, region = match.group("path"), match.group("region")
-            assert (ROOT / path).is_file(), f"{rel(page)} includes missing file {path}"
-            assert gen.example_text(path, region).strip(), f"{rel(page)}: {path}#{region} is empty"
+            path, region = match["path"], match["region"]
+            if region is not None and not re.fullmatch(r"[a-z][-_0-9a-z]*", region):
+                problems.append(f"{rel(page)}:{n}: {region!r} is not a region name")
+            elif not (ROOT / path).is_file():
+                problems.append(f"{rel(page)}:{n}: no file {path}")
+            else:
+                try:
+                    if not snippet_text(path, region).strip():
+                        problems.append(f"{rel(page)}:{n}: {path}:{region} is empty")
+                except ValueError as exc:
+                    problems.append(f"{rel(page)}:{n}: {exc}")
+    assert not problems, problems
     assert includes >= 10  # the how-tos do include their code
-
-
-def test_generation_does_not_depend_on_hash_seed() -> None:
-    """Deterministic output: another process with another hash seed agrees with the files."""
-    env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gen_api_docs.py"), "--check"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_docstring_markup_becomes_markdown() -> None:
-    index = gen.Index()
-    index.add(["NatsServer"], "aether.testing.md", "`NatsServer`")
-    doc = """Summary line.
-
-    Uses :class:`~aether.testing.NatsServer` and ``code``::
-
-        literal block
-
-    Args:
-        port: the port;
-            continued here.
-
-    Raises:
-        ValueError: if bad.
-    """
-    text = gen.markdown(doc, index, "aether.md")
-    assert "[`NatsServer`](aether.testing.md#natsserver)" in text
-    assert "`code`:" in text and "``code``" not in text
-    assert "```text\nliteral block\n```" in text
-    assert "- `port`: the port; continued here." in text
-    assert "- `ValueError`: if bad." in text
 
 
 # -- links ---------------------------------------------------------------------------------
@@ -127,8 +136,11 @@ _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _HTML_ANCHOR = re.compile(r"""<a\s[^>]*?(?:id|name)=["']([^"']+)["']""")
 
 
-def pages() -> list[Path]:
-    return [*sorted(DOCS.rglob("*.md")), README]
+def slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading (without the duplicate-heading suffix)."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
 
 
 def without_code(text: str) -> str:
@@ -146,11 +158,24 @@ def anchors(page: Path) -> set[str]:
     found: set[str] = set(_HTML_ANCHOR.findall(text))
     counts: dict[str, int] = {}
     for _, heading in _HEADING.findall(text):
-        base = gen.slug(heading)
+        base = slug(heading)
         n = counts.get(base, 0)
         counts[base] = n + 1
         found.add(base if n == 0 else f"{base}-{n}")
     return found
+
+
+def documents(reference_page: Path, fragment: str) -> bool:
+    """Whether the mkdocstrings page renders the object *fragment* (its anchor is its path)."""
+    module_name = reference_page.stem
+    if fragment != module_name and not fragment.startswith(f"{module_name}."):
+        return False
+    obj: object = importlib.import_module(module_name)
+    for name in fragment[len(module_name) + 1 :].split(".") if fragment != module_name else []:
+        if name.startswith("_") or not hasattr(obj, name):
+            return False
+        obj = getattr(obj, name)
+    return True
 
 
 def is_external(target: str) -> bool:
@@ -167,7 +192,12 @@ def test_relative_links_resolve(page: Path) -> None:
         resolved = (page.parent / path).resolve() if path else page
         if not resolved.exists():
             broken.append(f"{target} (no file {resolved.relative_to(ROOT)})")
-        elif fragment and resolved.suffix == ".md" and fragment not in anchors(resolved):
+        elif not fragment or resolved.suffix != ".md":
+            continue
+        elif resolved.parent == REFERENCE and resolved.name != "index.md":
+            if not documents(resolved, fragment):
+                broken.append(f"{target} (#{fragment} is no object {rel(resolved)} documents)")
+        elif fragment not in anchors(resolved):
             broken.append(f"{target} (no heading #{fragment} in {rel(resolved)})")
     assert not broken, f"broken links in {rel(page)}: {broken}"
 
@@ -196,7 +226,7 @@ def test_index_links_to_every_docs_section() -> None:
 
 @pytest.mark.parametrize("name", HAND_WRITTEN)
 def test_python_blocks_compile(name: str) -> None:
-    text = (DOCS / name).read_text("utf-8")
+    text = with_snippets((DOCS / name).read_text("utf-8"))
     blocks = re.findall(r"^```python\n(.*?)^```$", text, re.DOTALL | re.MULTILINE)
     for n, block in enumerate(blocks, start=1):
         try:
