@@ -34,13 +34,16 @@ from aether import (
     VersionConflictError,
 )
 from aether.cli import cli
+from aether.cli._connect import connect
 from aether.cli._errors import (
     EXIT_CONFLICT,
     EXIT_INVALID,
     EXIT_NOT_FOUND,
     EXIT_UNAVAILABLE,
     EXIT_UNREACHABLE,
+    EXIT_USAGE,
     CliError,
+    ConnectionConfigError,
     translate_errors,
 )
 from aether.cli.actors import actor_id_of
@@ -168,7 +171,43 @@ def test_help_lists_every_command_and_the_exit_codes() -> None:
     for command in ("server", *NATS_COMMANDS):
         assert f"  {command} " in result.stdout, command
     assert "Exit codes:" in result.stdout
-    assert "4  version conflict" in result.stdout
+    codes = dict(
+        line.strip().split("  ", 1)
+        for line in result.stdout.split("Exit codes:")[1].splitlines()
+        if line.strip()
+    )
+    assert codes["2"].startswith("usage error"), codes
+    assert codes["4"].startswith("conflict"), codes
+    assert codes["7"].startswith("cannot connect"), codes
+    assert (EXIT_USAGE, EXIT_UNREACHABLE) == (2, 7)
+
+
+def test_usage_errors_and_unreachable_servers_have_their_own_codes(nats_url: str) -> None:
+    bad_version = aether("append", "acc", "T", "--version", "0", url=UNREACHABLE)
+    assert bad_version.exit_code == EXIT_USAGE
+    assert "Invalid value for '--version'" in bad_version.stderr
+    bad_stream = aether("events", "acc", "-s", "bad.name", url=nats_url)
+    assert bad_stream.exit_code == EXIT_USAGE
+    unreachable = aether("streams", url=UNREACHABLE)
+    assert unreachable.exit_code == EXIT_UNREACHABLE != EXIT_USAGE
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:4222", "https://nats.example.com", "nats://a:4222,HTTP://b:4222"]
+)
+def test_a_url_with_another_scheme_is_a_usage_error(url: str) -> None:
+    result = aether("streams", url=url)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "is not a NATS URL scheme (use nats://, tls://, ws://, wss://)" in result.stderr
+    assert "Traceback" not in result.stderr
+    from_env = aether("events", "acc", env={"NATS_URL": url})
+    assert from_env.exit_code == EXIT_USAGE
+    assert "NATS_URL" in from_env.stderr
+
+
+def test_connect_refuses_another_scheme_too() -> None:
+    with pytest.raises(ConnectionConfigError, match="http:// is not a NATS URL scheme"):
+        run(lambda: connect("http://127.0.0.1:4222", name="test"))
 
 
 @pytest.mark.parametrize("command", NATS_COMMANDS)
@@ -690,7 +729,7 @@ UNREACHABLE_CALLS = [
 
 
 @pytest.mark.parametrize("args", UNREACHABLE_CALLS, ids=lambda args: args[0])
-def test_unreachable_server_is_one_line_and_exit_2(args: tuple[str, ...]) -> None:
+def test_unreachable_server_is_one_line_and_exit_7(args: tuple[str, ...]) -> None:
     result = aether(*args, url=UNREACHABLE)
     assert_one_line_error(result, EXIT_UNREACHABLE, f"cannot connect to NATS at {UNREACHABLE}")
 
@@ -721,8 +760,7 @@ def test_a_server_without_jetstream_fails_at_once() -> None:
         (InvalidEventError("bad"), EXIT_INVALID, "bad"),
         (EventTooLargeError(10, 5), EXIT_INVALID, "10 bytes"),
         (StoreUnavailableError("gone"), EXIT_UNAVAILABLE, "no answer from JetStream: gone"),
-        (JetStreamError(404, 10059, "stream not found"), EXIT_NOT_FOUND, "stream not found"),
-        (JetStreamError(500, 10001, "boom"), 1, "JetStream error: boom (code 500/10001)"),
+        (JetStreamError(500, 10001, "boom"), 1, "JetStream refused: boom"),
         (StreamNotFoundError("ns__s"), EXIT_NOT_FOUND, "stream 'ns__s' not found"),
         (
             UnsuitableStreamError("s", "retention", "is 'interest'; aether needs 'limits'"),

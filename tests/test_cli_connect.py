@@ -229,5 +229,5 @@ def test_demo_with_credentials(auth_server: NatsServer) -> None:
         timeout=120,
         env=env,
     )
-    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.returncode == EXIT_UNREACHABLE, refused.stdout + refused.stderr
     assert "authorization violation" in refused.stderr

@@ -120,13 +120,13 @@ def test_demo_with_embedded_server() -> None:
 
 
 @pytest.mark.parametrize("via", ["--url", "NATS_URL"])
-def test_unreachable_server_is_one_line_and_exit_2(via: str) -> None:
+def test_unreachable_server_is_one_line_and_exit_7(via: str) -> None:
     url = "nats://127.0.0.1:1"
     if via == "--url":
         result = _aether("demo", "--url", url)
     else:
         result = _aether("demo", env={**_env(), "NATS_URL": url})
-    assert result.returncode == 2, result
+    assert result.returncode == 7, result
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

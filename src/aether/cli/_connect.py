@@ -6,10 +6,11 @@ Every command that talks to NATS is decorated with :func:`connection_options`, w
 names them) and passes the command ONE keyword argument, ``conn``: a frozen
 :class:`ConnectionSettings`. :func:`connect` turns the settings into a connected client.
 
-Connecting fails fast with :class:`ServerUnreachableError` (exit code 2, one line, no
+Connecting fails fast with :class:`ServerUnreachableError` (exit code 7, one line, no
 traceback) instead of nats-py's default of retrying the first connect for minutes, so a
-typo in a URL or a wrong password is reported at once. Once connected, the client
-reconnects as usual.
+typo in a URL or a wrong password is reported at once; a URL whose scheme NATS does not
+speak (``http://...``) is a usage error (exit code 2) before any attempt. Once connected,
+the client reconnects as usual (:class:`Reconnects` says how long, and whom to tell).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -36,11 +37,15 @@ from ._errors import ConnectionConfigError, ServerUnreachableError
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_RECONNECT_ATTEMPTS",
     "DEFAULT_URL",
+    "URL_SCHEMES",
     "ConnectionConfigError",
     "ConnectionSettings",
+    "Reconnects",
     "ServerTarget",
     "ServerUnreachableError",
+    "check_url",
     "connect",
     "connection_options",
     "embedded_or_url",
@@ -48,9 +53,15 @@ __all__ = [
 ]
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Reconnect attempts per server once connected (nats-py's default), _RECONNECT_WAIT apart.
+DEFAULT_RECONNECT_ATTEMPTS = 60
+_RECONNECT_WAIT = 1
 #: Where commands connect when neither ``--url`` nor ``$NATS_URL`` is given (``aether
 #: server``'s default port).
 DEFAULT_URL = "nats://127.0.0.1:4222"
+#: The URL schemes nats-py connects with (a URL without a scheme means ``nats://``).
+URL_SCHEMES = ("nats", "tls", "ws", "wss")
+_SCHEME = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.-]*)://")
 _log = logging.getLogger("aether.cli")
 _F = TypeVar("_F", bound=Callable[..., object])
 _R = TypeVar("_R")
@@ -88,7 +99,7 @@ class ConnectionSettings:
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect`` (auth and TLS; not the servers).
 
-        Raises ConnectionConfigError (exit 2) if a credentials or TLS file is unusable.
+        Raises ConnectionConfigError (exit 7) if a credentials or TLS file is unusable.
         """
         kwargs: dict[str, Any] = {}
         if self.creds:
@@ -212,7 +223,24 @@ def _options(url_help: str) -> list[Callable[[_F], _F]]:
     ]
 
 
+def check_url(url: str) -> None:
+    """Raise ValueError if a server in *url* (comma-separated) has a scheme NATS does not
+    speak: nats-py would take ``http`` for a host name and report a failed DNS lookup."""
+    for server in url.split(","):
+        match = _SCHEME.match(server)
+        if match and match[1].lower() not in URL_SCHEMES:
+            valid = ", ".join(f"{scheme}://" for scheme in URL_SCHEMES)
+            raise ValueError(
+                f"{server.strip()!r}: {match[1]}:// is not a NATS URL scheme (use {valid})"
+            )
+
+
 def _check_combination(conn: ConnectionSettings) -> None:
+    if conn.url:
+        try:
+            check_url(conn.url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--url' / $NATS_URL") from None
     if conn.password is not None and conn.user is None:
         raise click.UsageError("--password needs --user")
     if conn.token and conn.user is not None:
@@ -266,32 +294,70 @@ def embedded_or_url(target: ConnectionSettings | str | None) -> Iterator[ServerT
         server.close()
 
 
+_Callback = Callable[[], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Reconnects:
+    """What happens once a connection is up and then lost.
+
+    The client tries to reconnect *attempts* times per server, about a second apart
+    (nats-py's default is 60; -1: forever), then closes the connection for good. The
+    callbacks (coroutine functions without arguments) are awaited when the connection
+    is lost, when it is back, and when it is closed (for good, or by :func:`session`'s
+    end: tell them apart yourself).
+    """
+
+    attempts: int = DEFAULT_RECONNECT_ATTEMPTS
+    on_disconnect: _Callback = _nothing
+    on_reconnect: _Callback = _nothing
+    on_close: _Callback = _nothing
+
+
 async def connect(
     target: ConnectionSettings | str,
     *,
     name: str,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    reconnects: Reconnects | None = None,
 ) -> Client:
-    """Connect with *target*'s URL, auth and TLS, or raise ServerUnreachableError (exit 2).
+    """Connect with *target*'s URL, auth and TLS, or raise ServerUnreachableError (exit 7).
 
     A plain string is a URL (comma-separated for several servers) without auth. Gives up
     as soon as every listed server has failed once (like Go's default, without
     ``RetryOnFailedConnect``), or after *connect_timeout* seconds. Raises
-    ConnectionConfigError for unusable TLS or credentials files. Asynchronous errors after
-    the connection is up are logged at debug level only: the store has its own retry
-    policy.
+    ConnectionConfigError for unusable TLS or credentials files or a URL scheme NATS does
+    not speak. Asynchronous errors after the connection is up are logged at debug level
+    only: the store has its own retry policy. *reconnects*: see :class:`Reconnects`.
     """
     settings = ConnectionSettings(url=target) if isinstance(target, str) else target
     url = settings.server_url
     servers = [part.strip() for part in url.split(",") if part.strip()]
     if not servers:
         raise ServerUnreachableError("no NATS server URL given")
+    try:
+        check_url(url)
+    except ValueError as exc:
+        raise ConnectionConfigError(str(exc)) from None
     options = settings.connect_kwargs()
+    after = reconnects or Reconnects()
     if "tls" in options:
         _quiet_tls_close_warning()
     failures: list[BaseException] = []
     all_failed = asyncio.Event()
     nc = Client()
+    up = False  # the callbacks are about a connection that was up, not a failed attempt
+
+    def once_up(callback: _Callback) -> _Callback:
+        async def call() -> None:
+            if up:
+                await callback()
+
+        return call
 
     async def on_error(exc: Exception) -> None:
         if nc.is_connected:
@@ -302,7 +368,17 @@ async def connect(
             all_failed.set()
 
     connecting = asyncio.create_task(
-        nc.connect(servers=servers, name=name, error_cb=on_error, reconnect_time_wait=1, **options)
+        nc.connect(
+            servers=servers,
+            name=name,
+            error_cb=on_error,
+            reconnect_time_wait=_RECONNECT_WAIT,
+            max_reconnect_attempts=after.attempts,
+            disconnected_cb=once_up(after.on_disconnect),
+            reconnected_cb=once_up(after.on_reconnect),
+            closed_cb=once_up(after.on_close),
+            **options,
+        )
     )
     failing = asyncio.create_task(all_failed.wait())
     try:
@@ -312,6 +388,7 @@ async def connect(
     finally:
         failing.cancel()
     if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        up = True
         return nc
     connecting.cancel()
     await asyncio.wait([connecting])  # unlike ``await connecting``, keeps our own cancellation
@@ -324,7 +401,9 @@ async def connect(
         refusal = await _probe_refusal(servers, name, options, connect_timeout)
         if refusal is not None:
             failures.append(refusal)
-    reason = _describe(failures[-1]) if failures else f"no answer within {connect_timeout:g}s"
+    reason = (
+        describe_failure(failures[-1]) if failures else f"no answer within {connect_timeout:g}s"
+    )
     raise ServerUnreachableError(f"cannot connect to NATS at {url}: {reason}")
 
 
@@ -383,9 +462,11 @@ def _quiet_tls_close_warning() -> None:
 
 
 @contextlib.asynccontextmanager
-async def session(conn: ConnectionSettings, *, name: str) -> AsyncIterator[Client]:
+async def session(
+    conn: ConnectionSettings, *, name: str, reconnects: Reconnects | None = None
+) -> AsyncIterator[Client]:
     """A connected client for the duration of a command; closed (quietly) at the end."""
-    nc = await connect(conn, name=name)
+    nc = await connect(conn, name=name, reconnects=reconnects)
     try:
         yield nc
     finally:
@@ -397,7 +478,8 @@ _AUTH_HINT = "check --user/--password, --token or --creds"
 _SSL_LOCATION = re.compile(r"\s*\(_ssl\.c:\d+\)$")
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
+    """Why connecting failed, in a few lower-case words (no exception class names)."""
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {_ssl_reason(exc)}"
     if isinstance(exc, TimeoutError):

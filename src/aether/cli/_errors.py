@@ -12,13 +12,16 @@ Exit codes:
 0     success
 1     the command failed (any other JetStream or NATS error; the server has no JetStream;
       an existing stream aether cannot use; the demo's audit failed)
-2     cannot connect: server unreachable, authorization refused, unusable TLS or
-      credentials files; also click's own usage errors (unknown option, bad value)
+2     usage error: an unknown option, a missing argument, a bad option value (click's
+      own code: ``append --version 0``, ``-s bad.name``, ``--url http://...``)
 3     not found: stream, actor or snapshot
-4     version conflict (the message names the actor's current version)
+4     conflict: a version conflict (the message names the actor's current version), or
+      ``stream create`` of a stream that exists
 5     invalid input: ``--data`` not JSON or not an object, an event the store refuses,
       a store configuration it refuses
 6     no answer from JetStream in time: the outcome of a write is unknown
+7     cannot connect: server unreachable, authorization refused, unusable TLS or
+      credentials files; or (``tail``) the connection was lost and not regained
 ====  ==========================================================================
 """
 
@@ -40,7 +43,6 @@ from aether.errors import (
     UnsuitableStreamError,
     VersionConflictError,
 )
-from aether.store._jsapi import STREAM_NOT_FOUND
 from aether.store.config import InvalidConfigError
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "EXIT_NOT_FOUND",
     "EXIT_UNAVAILABLE",
     "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
     "CliError",
     "ConflictError",
     "ConnectionConfigError",
@@ -61,21 +64,24 @@ __all__ = [
 ]
 
 EXIT_FAILURE = 1
-EXIT_UNREACHABLE = 2
+#: click's own exit code for usage errors (click.UsageError, click.BadParameter).
+EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
 EXIT_INVALID = 5
 EXIT_UNAVAILABLE = 6
+EXIT_UNREACHABLE = 7
 
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  success
   1  the command failed (also: no JetStream, a stream aether cannot use)
-  2  cannot connect (unreachable, refused, bad TLS/creds files); usage error
+  2  usage error (unknown option, bad option value or argument)
   3  not found: stream, actor or snapshot
-  4  version conflict
+  4  conflict: version conflict; the stream exists (stream create)
   5  invalid input (--data, event, store configuration)
   6  no answer from JetStream in time (a write's outcome is unknown)
+  7  cannot connect (unreachable, refused, bad TLS/creds files), or connection lost
 """
 
 
@@ -86,13 +92,14 @@ class CliError(click.ClickException):
 
 
 class ServerUnreachableError(CliError):
-    """No usable NATS server (unreachable, refused us, or could not be started): exit 2."""
+    """No usable NATS server (unreachable, refused us, could not be started, or the
+    connection was lost for good): exit 7."""
 
     exit_code = EXIT_UNREACHABLE
 
 
 class ConnectionConfigError(ServerUnreachableError):
-    """The connection settings themselves are unusable (TLS or credentials files): exit 2."""
+    """The connection settings themselves are unusable (TLS or credentials files): exit 7."""
 
 
 class NotFoundError(CliError):
@@ -139,11 +146,7 @@ def translate_errors() -> Iterator[None]:
     except JetStreamNotEnabledError as exc:
         raise CliError(f"JetStream is not available: {exc}") from None
     except JetStreamError as exc:
-        if exc.err_code == STREAM_NOT_FOUND:
-            raise NotFoundError(f"stream not found: {exc.description}") from None
-        raise CliError(
-            f"JetStream error: {exc.description} (code {exc.code}/{exc.err_code})"
-        ) from None
+        raise CliError(f"JetStream refused: {exc.description}") from None
     except AetherError as exc:
         raise CliError(str(exc)) from None
     except nats.errors.Error as exc:

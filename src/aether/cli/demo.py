@@ -211,7 +211,7 @@ def _exit_on_termination() -> Iterator[None]:
 async def run_demo(options: DemoOptions, target: ServerTarget) -> bool:
     """Run the race and the audit, printing as it goes. True if the audit passed.
 
-    Raises ServerUnreachableError if the server cannot be used at all (exit code 2).
+    Raises ServerUnreachableError if the server cannot be used at all (exit code 7).
     """
     stream = f"demo_{secrets.token_hex(4)}"
     accounts = tuple(f"acct-{i}" for i in range(1, options.accounts + 1))
