@@ -1,10 +1,10 @@
 """Peak memory (RSS) of aether's JetStream store, each workload in a process of its own.
 
-Run it with ``.venv/bin/python benchmarks/memory.py`` (``--quick`` for a smoke run,
-``--events N`` for the replayed history, ``--actors N`` for the actors written). It starts
-one embedded ``nats-server`` (file storage, temp dir), writes the history once, then runs
-every measurement in a fresh Python subprocess, so that each peak RSS
-(``getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that workload alone:
+Run it from the repository root with ``.venv/bin/python -m benchmarks.memory``
+(``--quick`` for a smoke run, ``--events N`` for the replayed history, ``--actors N`` for
+the actors written). It starts one embedded ``nats-server`` (file storage, temp dir),
+writes the history once, then runs every measurement in a fresh Python subprocess, so that
+each peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that workload alone:
 
 1. **baseline**: a process that imported aether, connected and opened the store.
 2. **iter_events** over the N-event actor, keeping no event (bounded: two pull batches).
@@ -80,7 +80,7 @@ class Row:
 
 
 def make_event(actor_id: str, version: int) -> Event:
-    """The benchmark's typical small event (~200 bytes of JSON), as in ``core.py``."""
+    """The benchmark's typical small event (~200 bytes of JSON), as in ``baselines.py``."""
     return Event(
         event_type="Deposited",
         actor_id=actor_id,
@@ -179,7 +179,11 @@ async def write_actors(store: JetStreamEventStore, actors: int) -> dict[str, Any
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter and return its JSON answer."""
+    """Run one measurement in a fresh interpreter and return its JSON answer.
+
+    The child runs this file as a script, not ``-m benchmarks.memory``: it imports aether
+    and nothing of the ``benchmarks`` package, so its baseline is aether's alone.
+    """
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
         capture_output=True,

@@ -2,7 +2,7 @@
 # A throwaway PostgreSQL server for the benchmark suite's eventsourcing/PostgreSQL baseline.
 #
 #   eval "$(benchmarks/setup_postgres.sh)"     # install if needed, start, export the DSN
-#   .venv/bin/python benchmarks/run.py         # picks up AETHER_BENCH_POSTGRES_DSN
+#   .venv/bin/python -m benchmarks.run         # picks up AETHER_BENCH_POSTGRES_DSN
 #   benchmarks/setup_postgres.sh stop          # stop the server and delete its data
 #   benchmarks/setup_postgres.sh status        # running? prints the export line if so
 #

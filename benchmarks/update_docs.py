@@ -1,6 +1,6 @@
 """Copy the latest ``benchmarks/results/results.md`` into ``docs/benchmarks.md``.
 
-    .venv/bin/python benchmarks/run.py && .venv/bin/python benchmarks/update_docs.py
+    .venv/bin/python -m benchmarks.run && .venv/bin/python -m benchmarks.update_docs
 
 The docs page keeps its own introduction and notes; only the part between the
 ``<!-- results:start -->`` and ``<!-- results:end -->`` markers is replaced: the results
@@ -34,7 +34,7 @@ def splice(page: str, results: str) -> str:
 
 def main() -> int:
     if not RESULTS.is_file():
-        print(f"no {RESULTS}: run benchmarks/run.py first", file=sys.stderr)
+        print(f"no {RESULTS}: run `python -m benchmarks.run` first", file=sys.stderr)
         return 1
     PAGE.write_text(
         splice(PAGE.read_text(encoding="utf-8"), RESULTS.read_text(encoding="utf-8")),

@@ -1,4 +1,5 @@
-"""The benchmark suite (``aether bench``) in its smallest mode: what it writes, not how fast.
+"""The benchmark suite (``benchmarks/``, ``python -m benchmarks.run``) in its smallest mode:
+what it writes, not how fast.
 
 No timing assertions here: ratios and targets depend on the machine. These tests check
 that every workload runs next to its baselines, and that the JSON, the Markdown and the
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import nats
 import pytest
+from benchmarks import WORKLOADS, BenchDependencyError, Sizes, SuiteOptions, run_suite
+from benchmarks.baselines import require
+from benchmarks.run import bench
 from click.testing import CliRunner
 
-from aether._bench import WORKLOADS, BenchDependencyError, Sizes, SuiteOptions, run_suite
-from aether._bench.baselines import require
-from aether.cli.bench import bench
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = Sizes(
     history_lengths=(1, 5, 20),
@@ -129,17 +131,43 @@ def test_only_takes_prefixes_and_rejects_unknown_names() -> None:
 
 
 def test_missing_optional_dependency_names_the_extra() -> None:
-    with pytest.raises(BenchDependencyError, match=r"pip install 'aether\[bench\]'"):
+    with pytest.raises(BenchDependencyError, match=r'pip install -e "\.\[bench\]"'):
         require("aether_no_such_module", "the test")
 
 
-def test_importing_aether_and_the_command_needs_no_bench_extra() -> None:
+def test_importing_the_suite_and_its_command_needs_no_heavy_dependency() -> None:
     code = (
-        "import sys, aether, aether.store, aether.cli.bench; "
+        "import sys, aether, aether.store, benchmarks, benchmarks.run; "
         "heavy = {'matplotlib', 'eventsourcing', 'psycopg'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_suite_is_not_part_of_the_aether_package() -> None:
+    code = (
+        "import importlib.util, sys; "
+        "missing = [m for m in ('aether._bench', 'aether.cli.bench') "
+        "if importlib.util.find_spec(m) is not None]; "
+        "assert not missing, missing"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks"])
+def test_entry_point_help_runs_from_the_repository_root(module: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Usage: python -m benchmarks.run" in done.stdout
+    for option in ("--quick", "--only", "--out", "--url", "--postgres-dsn", "--no-charts"):
+        assert option in done.stdout
 
 
 def test_cli_bench_runs_and_prints_the_table(

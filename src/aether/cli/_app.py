@@ -13,7 +13,6 @@ from aether import __version__
 from aether.cli._errors import EXIT_CODES_HELP, translate_errors
 from aether.cli.actors import actors
 from aether.cli.append import append
-from aether.cli.bench import bench
 from aether.cli.demo import demo
 from aether.cli.events import events
 from aether.cli.server import server
@@ -53,5 +52,5 @@ def cli() -> None:
     """
 
 
-for _command in (demo, server, streams, actors, events, tail, append, snapshot, bench):
+for _command in (demo, server, streams, actors, events, tail, append, snapshot):
     cli.add_command(_command)

@@ -1,4 +1,4 @@
-"""The benchmark suite behind ``aether bench`` and ``benchmarks/run.py`` (private).
+"""aether's benchmark suite, run from a checkout: ``python -m benchmarks.run`` (not installed).
 
 Every workload runs next to its baselines in the same run (raw nats-py: the client
 ceiling; the eventsourcing library on SQLite and, given a DSN, PostgreSQL), rounds
@@ -9,7 +9,7 @@ The optional dependencies (eventsourcing, psycopg, matplotlib: the ``bench`` ext
 imported only when needed; a missing one raises :class:`BenchDependencyError`.
 """
 
-from aether._bench.model import (
+from benchmarks.model import (
     FULL,
     QUICK,
     WORKLOADS,
@@ -20,7 +20,7 @@ from aether._bench.model import (
     SuiteResult,
     Target,
 )
-from aether._bench.suite import (
+from benchmarks.suite import (
     DEFAULT_OUT_DIR,
     POSTGRES_DSN_ENV,
     Connector,

@@ -1,7 +1,7 @@
 """PNG charts of a suite run, drawn with matplotlib's Agg backend (no display needed).
 
-matplotlib is imported lazily, so ``import aether`` and ``aether bench --no-charts`` never
-need it.
+matplotlib is imported lazily, so ``import benchmarks`` and
+``python -m benchmarks.run --no-charts`` never need it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from aether._bench.baselines import require
-from aether._bench.model import SuiteResult, WorkloadResult
+from benchmarks.baselines import require
+from benchmarks.model import SuiteResult, WorkloadResult
 
 __all__ = ["check_available", "write"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aether._bench.model import Point, Ratio, Series, SuiteResult, WorkloadResult
+from benchmarks.model import Point, Ratio, Series, SuiteResult, WorkloadResult
 
 __all__ = [
     "RATIO_NOTE",
@@ -67,7 +67,7 @@ def render_markdown(result: SuiteResult) -> str:
         "",
         f"- when: {result.started_at}, {result.parameters['preset']} preset, "
         f"took {format_duration(result.elapsed_s)}",
-        f"- command: `{env.get('command', 'aether bench')}`",
+        f"- command: `{env.get('command', 'python -m benchmarks.run')}`",
         f"- server: nats-server {env['nats_server']} ({env['server']}, {env['storage']} storage)",
         f"- machine: {env['cpus']} CPUs ({env['cpu']}), {env['platform']}, {env['python']}",
         f"- versions: aether {env['aether']}, nats-py {env['nats_py']}, "

@@ -5,7 +5,7 @@
   ``Nats-Expected-Last-Subject-Sequence``) and pre-encoded payloads where the workload
   allows it, so the server does the same work for both and only client-side cost differs.
 * **eventsourcing** (a peer library): its SQLite recorder (a file in a temp dir) and,
-  when a DSN is given, its PostgreSQL recorder; see :mod:`aether._bench._eventsourcing`.
+  when a DSN is given, its PostgreSQL recorder; see :mod:`benchmarks._eventsourcing`.
 
 eventsourcing and psycopg are optional (the ``bench`` extra) and imported lazily.
 """
@@ -31,10 +31,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from aether import Event
-from aether._bench.model import BenchDependencyError
+from benchmarks.model import BenchDependencyError
 
 if TYPE_CHECKING:
-    from aether._bench._eventsourcing import EsPeer
+    from benchmarks._eventsourcing import EsPeer
 
 __all__ = [
     "INSTALL_HINT",
@@ -47,7 +47,7 @@ __all__ = [
     "require",
 ]
 
-INSTALL_HINT = "pip install 'aether[bench]'"
+INSTALL_HINT = 'pip install -e ".[bench]"'
 _API = "$JS.API"
 _WRONG_LAST_SEQUENCE = 10071
 _NO_MESSAGE_FOUND = 10037
@@ -77,7 +77,7 @@ def require(module: str, purpose: str) -> ModuleType:
 def load_eventsourcing() -> ModuleType:
     """The peer module, after checking that the eventsourcing library is installed."""
     require("eventsourcing.application", "the eventsourcing baseline")
-    return importlib.import_module("aether._bench._eventsourcing")
+    return importlib.import_module("benchmarks._eventsourcing")
 
 
 # -- raw nats-py ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The ``eventsourcing`` library (9.x) as a peer: SQLite and PostgreSQL recorders.
 
-Imported only through :func:`aether._bench.baselines.load_eventsourcing`, which turns a
+Imported only through :func:`benchmarks.baselines.load_eventsourcing`, which turns a
 missing library into a clear error. The aggregate is module-level so that the library
 can resolve its event classes by topic when it decodes them.
 """

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from aether import ActorSnapshot, Event, VersionConflictError
-from aether._bench.baselines import RawNats, make_event
-from aether._bench.model import (
+from aether.store import JetStreamEventStore
+from benchmarks.baselines import RawNats, make_event
+from benchmarks.model import (
     WORKLOADS,
     ProgressSink,
     Series,
@@ -29,12 +30,11 @@ from aether._bench.model import (
     round_orders,
     run_rounds,
 )
-from aether.store import JetStreamEventStore
 
 if TYPE_CHECKING:
     from uuid import UUID
 
-    from aether._bench._eventsourcing import EsPeer
+    from benchmarks._eventsourcing import EsPeer
 
 __all__ = ["Bench", "History", "populate"]
 

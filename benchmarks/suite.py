@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import nats
 from nats.aio.client import Client
 
-from aether._bench.baselines import (
+import aether
+from aether.store import JetStreamConfig, JetStreamEventStore
+from benchmarks.baselines import (
     PostgresSetup,
     RawNats,
     load_eventsourcing,
     open_postgres_peer,
     open_sqlite_peer,
 )
-from aether._bench.model import (
+from benchmarks.model import (
     FULL,
     QUICK,
     WORKLOADS,
@@ -38,15 +40,15 @@ from aether._bench.model import (
     SuiteResult,
     Target,
 )
-from aether._bench.workloads import Bench
-from aether.store import JetStreamConfig, JetStreamEventStore
+from benchmarks.workloads import Bench
 
 if TYPE_CHECKING:
-    from aether._bench._eventsourcing import EsPeer
+    from benchmarks._eventsourcing import EsPeer
 
 __all__ = ["DEFAULT_OUT_DIR", "POSTGRES_DSN_ENV", "Connector", "SuiteOptions", "run_suite"]
 
-DEFAULT_OUT_DIR = Path("benchmarks/results")
+#: this checkout's ``benchmarks/results``, wherever the suite is run from
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 POSTGRES_DSN_ENV = "AETHER_BENCH_POSTGRES_DSN"
 _HISTORY_WORKLOADS = ("latest_version", "replay", "snapshot_tail")
 _PEER_WORKLOADS = ("append_single", *_HISTORY_WORKLOADS)
@@ -76,7 +78,7 @@ class SuiteOptions:
     #: the events stream's storage
     storage: Literal["file", "memory"] = "file"
     #: the command that produced the run, for the report
-    command: str = "aether bench"
+    command: str = "python -m benchmarks.run"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved_sizes(self) -> Sizes:
@@ -115,7 +117,7 @@ async def run_suite(
     if needs_peers:
         load_eventsourcing()
     if options.charts and options.out_dir is not None:
-        from aether._bench import charts
+        from benchmarks import charts
 
         charts.check_available()
 
@@ -168,11 +170,11 @@ async def run_suite(
     result.targets = evaluate_targets(result, sizes)
 
     if options.out_dir is not None:
-        from aether._bench import report
+        from benchmarks import report
 
         result.files.update(report.write(result, options.out_dir))
         if options.charts:
-            from aether._bench import charts
+            from benchmarks import charts
 
             result.files.update(charts.write(result, options.out_dir))
     return result
@@ -456,7 +458,7 @@ def _environment(nc: Client, options: SuiteOptions) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
-        "aether": _version("aether"),
+        "aether": aether.__version__,
         "nats_py": _version("nats-py"),
         "eventsourcing": _version("eventsourcing"),
         "command": options.command,
