@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import nats
@@ -46,7 +46,9 @@ from aether.cli._errors import (
     ConnectionConfigError,
     translate_errors,
 )
+from aether.cli._output import format_time
 from aether.cli.actors import actor_id_of
+from aether.cli.events import format_row
 from aether.cli.streams import classify
 from aether.store import InvalidConfigError, JetStreamConfig, JetStreamEventStore
 from aether.store._subjects import encode_actor_id
@@ -305,25 +307,25 @@ def test_actors_decodes_ids_and_takes_each_latest_version(streams: Streams, nats
     history += [ev("gaps", 1), ev("gaps", 5), ev("gaps", 9)]
     run(lambda: streams.seed(name, history))
 
-    rows = json_lines(aether("actors", name, "--json", url=nats_url))
+    rows = json_lines(aether("actors", "-s", name, "--json", url=nats_url))
     expected = {actor: i + 1 for i, actor in enumerate(ODD_IDS)} | {"gaps": 9}
     assert {row["actor"]: row["version"] for row in rows} == expected
     assert [row["actor"] for row in rows] == sorted(expected)
     assert next(row for row in rows if row["actor"] == "gaps")["events"] == 3
 
-    table = aether("actors", name, url=nats_url)
+    table = aether("actors", "-s", name, url=nats_url)
     assert table.exit_code == 0, table.output
     assert "with space" in table.stdout
     assert "ünïcode" in table.stdout
 
-    prefixed = json_lines(aether("actors", name, "--prefix", "order", "--json", url=nats_url))
+    prefixed = json_lines(aether("actors", "-s", name, "--prefix", "order", "--json", url=nats_url))
     assert prefixed == [{"actor": "order-1", "version": 1, "events": 1}]
 
-    limited = aether("actors", name, "--limit", "2", "--json", url=nats_url)
+    limited = aether("actors", "-s", name, "--limit", "2", "--json", url=nats_url)
     assert len(json_lines(limited)) == 2
     assert "showing 2 of 7 actors" in limited.stderr
 
-    none = aether("actors", name, "--prefix", "zzz", url=nats_url)
+    none = aether("actors", "-s", name, "--prefix", "zzz", url=nats_url)
     assert none.exit_code == 0
     assert "no actors whose id starts with 'zzz'" in none.stderr
 
@@ -346,13 +348,13 @@ def test_actors_is_quick_with_thousands_and_truncates_at_the_limit(
         await nc.close()
 
     run(setup)
-    result = aether("actors", name, "--json", url=nats_url)
+    result = aether("actors", "-s", name, "--json", url=nats_url)
     rows = json_lines(result)
     assert len(rows) == 1000  # the default --limit
     assert rows[0] == {"actor": "acct-00000", "version": 1, "events": 1}
     assert rows[-1] == {"actor": "acct-00999", "version": 1 + 999 % 3, "events": 1}
     assert "showing 1,000 of 1,200 actors" in result.stderr
-    everything = aether("actors", name, "--limit", "0", "--json", url=nats_url)
+    everything = aether("actors", "-s", name, "--limit", "0", "--json", url=nats_url)
     assert len(json_lines(everything)) == count
     assert "showing" not in everything.stderr
 
@@ -367,7 +369,7 @@ def test_actors_skips_subjects_aether_would_not_write(streams: Streams, nats_url
             await nc.jetstream().publish(f"{name}.events.x.y", b"{}")
 
     run(setup)
-    result = aether("actors", name, "--json", url=nats_url)
+    result = aether("actors", "-s", name, "--json", url=nats_url)
     assert json_lines(result) == [{"actor": "ok", "version": 1, "events": 1}]
     assert "skipped 1 subject(s)" in result.stderr
 
@@ -379,31 +381,42 @@ def test_actor_id_of_inverts_the_subject_encoding() -> None:
         assert actor_id_of(token) is None, token
 
 
+def test_actors_takes_the_stream_as_an_option_like_every_command() -> None:
+    for command in ("actors", "events", "tail", "append", "snapshot"):
+        assert "-s, --stream NAME" in aether(command, "--help").stdout, command
+    positional = aether("actors", "bank", url=UNREACHABLE)
+    assert positional.exit_code == EXIT_USAGE
+    assert "unexpected extra argument (bank)" in positional.stderr
+
+
 def test_actors_of_a_missing_stream_is_not_found(nats_url: str) -> None:
     missing = unique("missing")
-    result = aether("actors", missing, url=nats_url)
+    result = aether("actors", "-s", missing, url=nats_url)
     assert_one_line_error(result, EXIT_NOT_FOUND, f"stream '{missing}' not found")
 
 
 # -- events -----------------------------------------------------------------------------------
 
 
-def test_events_shows_the_history_as_a_table_and_as_json(streams: Streams, nats_url: str) -> None:
+def _rows(result: Result) -> list[list[str]]:
+    """The text rows of ``aether events``: version, time, type, data."""
+    assert result.exit_code == 0, result.output
+    return [line.split(None, 3) for line in result.stdout.splitlines()]
+
+
+def test_events_shows_the_history_as_rows_and_as_json(streams: Streams, nats_url: str) -> None:
     name = streams.name()
     history = [ev("acc", 1, "Opened", owner="ann"), ev("acc", 2, amount=5), ev("acc", 3, amount=7)]
     history[1].correlation_id = "corr-1"
     run(lambda: streams.seed(name, [*history, ev("other", 1)]))
 
-    table = aether("events", "acc", "--stream", name, url=nats_url)
-    assert table.exit_code == 0, table.output
-    body = [line.split() for line in table.stdout.splitlines()[2:] if line.strip()]
-    assert [(row[0], row[1]) for row in body] == [
-        ("1", "Opened"),
-        ("2", "Deposited"),
-        ("3", "Deposited"),
+    rows = _rows(aether("events", "acc", "--stream", name, url=nats_url))
+    assert [(row[0], row[2], row[3]) for row in rows] == [
+        ("1", "Opened", '{"owner":"ann"}'),
+        ("2", "Deposited", '{"amount":5}'),
+        ("3", "Deposited", '{"amount":7}'),
     ]
-    assert '{"owner":"ann"}' in table.stdout
-    assert '{"amount":7}' in table.stdout
+    assert rows[0][1] == format_time(history[0].timestamp)
 
     lines = aether("events", "acc", "--stream", name, "--json", url=nats_url).stdout.splitlines()
     assert [Event.from_json(line) for line in lines] == history
@@ -413,7 +426,76 @@ def test_events_shows_the_history_as_a_table_and_as_json(streams: Streams, nats_
 
     none_after = aether("events", "acc", "-s", name, "--from", "4", url=nats_url)
     assert none_after.exit_code == 0
+    assert none_after.stdout == ""
     assert "no events from version 4" in none_after.stderr
+
+
+def test_events_rows_line_up() -> None:
+    short, long = ev("a", 7, "Opened", x=1), ev("a", 12, "Deposited", x=2)
+    first, second = format_row(short, width=2), format_row(long, width=2)
+    assert first.startswith(" 7  ") and second.startswith("12  ")
+    assert first.index('{"x":1}') == second.index('{"x":2}')
+
+
+GAPS = [1, 5, 9, 20, 21]
+
+
+@pytest.mark.parametrize(
+    ("args", "versions"),
+    [
+        (("--limit", "2"), [1, 5]),
+        (("--limit", "99"), GAPS),
+        (("--from", "6", "--limit", "1"), [9]),
+        (("--last", "1"), [21]),
+        (("--last", "3"), [9, 20, 21]),  # versions have gaps: the window widens
+        (("--last", "5"), GAPS),
+        (("--last", "50"), GAPS),
+        (("--from", "6", "--last", "3"), [9, 20, 21]),
+        (("--from", "10", "--last", "5"), [20, 21]),
+    ],
+)
+def test_events_limit_and_last(
+    streams: Streams, nats_url: str, args: tuple[str, ...], versions: list[int]
+) -> None:
+    name = streams.name()
+    run(lambda: streams.seed(name, [ev("acc", v) for v in GAPS]))
+    as_json = aether("events", "acc", "-s", name, *args, "--json", url=nats_url)
+    assert [e["version"] for e in json_lines(as_json)] == versions
+    rows = _rows(aether("events", "acc", "-s", name, *args, url=nats_url))
+    assert [int(row[0]) for row in rows] == versions
+
+
+def test_events_limit_and_last_together_is_a_usage_error() -> None:
+    result = aether("events", "acc", "--limit", "1", "--last", "1", url=UNREACHABLE)
+    assert result.exit_code == EXIT_USAGE
+    assert "either --limit or --last" in result.stderr
+
+
+def test_events_prints_each_row_as_it_is_read(
+    streams: Streams, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are printed while the history is still being read, not after it."""
+    name = streams.name()
+    run(lambda: streams.seed(name, [ev("acc", v) for v in range(1, 31)]))
+    order: list[str] = []
+    iter_events = JetStreamEventStore.iter_events
+
+    async def recording(
+        self: JetStreamEventStore, actor_id: str, from_version: int = 0
+    ) -> AsyncIterator[Event]:
+        async for event in iter_events(self, actor_id, from_version):
+            order.append(f"read {event.version}")
+            yield event
+
+    def echo(message: object = None, *args: Any, **kwargs: Any) -> None:
+        order.append(f"printed {str(message).split()[0]}")
+
+    monkeypatch.setattr(JetStreamEventStore, "iter_events", recording)
+    monkeypatch.setattr("aether.cli.events.click.echo", echo)
+    result = aether("events", "acc", "-s", name, url=nats_url)
+    assert result.exit_code == 0, result.output
+    assert order[:3] == ["read 1", "printed 1", "read 2"]
+    assert order[-1] == "printed 30"
 
 
 def test_events_in_a_namespace(streams: Streams, nats_url: str) -> None:
@@ -483,7 +565,7 @@ def test_commands_use_a_stream_made_by_an_older_version(streams: Streams, nats_u
     assert (rows[legacy]["events"], rows[legacy]["snapshots"]) == (1, 1)
     events = aether("events", "acc", "-s", name, *ns, "--json", url=nats_url)
     assert [e["eventType"] for e in json_lines(events)] == ["Opened"]
-    actors = aether("actors", name, *ns, "--json", url=nats_url)
+    actors = aether("actors", "-s", name, *ns, "--json", url=nats_url)
     assert json_lines(actors) == [{"actor": "acc", "version": 1, "events": 1}]
     tail = aether("tail", "-s", name, *ns, "--from-start", "-n", "1", "--json", url=nats_url)
     assert [e["eventType"] for e in json_lines(tail)] == ["Opened"]
@@ -496,20 +578,20 @@ def test_commands_use_a_stream_made_by_an_older_version(streams: Streams, nats_u
     assert_one_line_error(by_name, 1, f"stream '{legacy}' is another store's", "'tenant-b'")
 
 
-def test_events_reports_malformed_messages(streams: Streams, nats_url: str) -> None:
+def test_events_skips_malformed_messages(streams: Streams, nats_url: str) -> None:
     name = streams.name()
 
     async def setup() -> None:
         await streams.seed(name, [ev("acc", 1)])
         async with await nats.connect(nats_url) as nc:
             await nc.jetstream().publish(f"{name}.events.acc", b"garbage")
+        await streams.seed(name, [ev("acc", 2)])
 
     run(setup)
-    result = aether("events", "acc", "-s", name, url=nats_url)
-    assert result.exit_code == 0, result.output
-    assert "skipped malformed message at stream sequence 2" in result.stderr
+    rows = _rows(aether("events", "acc", "-s", name, url=nats_url))
+    assert [row[0] for row in rows] == ["1", "2"]
     as_json = aether("events", "acc", "-s", name, "--json", url=nats_url)
-    assert [e["version"] for e in json_lines(as_json)] == [1]
+    assert [e["version"] for e in json_lines(as_json)] == [1, 2]
 
 
 @pytest.mark.parametrize("as_json", [False, True])

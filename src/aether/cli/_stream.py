@@ -108,8 +108,8 @@ def _stream_ref(stream: str, namespace: str) -> StreamRef:
     return StreamRef(stream, namespace)
 
 
-def stream_options(*, argument: bool = False) -> Callable[[_F], _F]:
-    """Add ``--stream`` (or a ``STREAM`` argument) and ``--namespace``; pass ``ref: StreamRef``.
+def stream_options() -> Callable[[_F], _F]:
+    """Add ``--stream``/``-s`` and ``--namespace``/``-N``; pass ``ref: StreamRef``.
 
     The command's function receives ``ref`` instead of ``stream`` and ``namespace``.
     """
@@ -127,20 +127,15 @@ def stream_options(*, argument: bool = False) -> Callable[[_F], _F]:
             metavar="NS",
             help="Namespace of the store (JetStreamConfig.namespace) [default: none].",
         )
-        if argument:
-            stream = click.argument(
-                "stream", default=DEFAULT_STREAM, required=False, callback=_check_name
-            )
-        else:
-            stream = click.option(
-                "--stream",
-                "-s",
-                default=DEFAULT_STREAM,
-                show_default=True,
-                metavar="NAME",
-                callback=_check_name,
-                help="Stream name the store was opened with (see `aether streams`).",
-            )
+        stream = click.option(
+            "--stream",
+            "-s",
+            default=DEFAULT_STREAM,
+            show_default=True,
+            metavar="NAME",
+            callback=_check_name,
+            help="Stream name the store was opened with (see `aether streams`).",
+        )
         return stream(namespace(wrapper))  # type: ignore[return-value]
 
     return decorate

@@ -45,7 +45,7 @@ class _Listing:
 
 
 @click.command()
-@stream_options(argument=True)
+@stream_options()
 @click.option("--prefix", "-p", default="", metavar="P", help="Only actors whose id starts with P.")
 @click.option(
     "--limit",
@@ -60,7 +60,7 @@ class _Listing:
 def actors(
     conn: ConnectionSettings, ref: StreamRef, prefix: str, limit: int, as_json: bool
 ) -> None:
-    """List the actors of STREAM (default: events) with their latest version.
+    """List the actors of a stream (-s, default: events) with their latest version.
 
     VERSION is the version of the newest event on the actor's subject; EVENTS the
     number of messages stored for it. Actors are sorted by id; when more match than

@@ -53,8 +53,7 @@ def streams(conn: ConnectionSettings, as_json: bool) -> None:
 
     Streams are recognised by aether's stream metadata (aether.kind = events), or for
     streams created without it by their subjects (<name>.events.>). NAMESPACE and NAME
-    are what to pass to --namespace and --stream (or the STREAM argument) of the other
-    commands.
+    are what to pass to --namespace and --stream of the other commands.
     """
     rows = asyncio.run(_list(conn))
     if not rows:
