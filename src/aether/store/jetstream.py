@@ -62,6 +62,7 @@ from aether.store._jsapi import (
 )
 from aether.store._provision import StreamSettings, find, provision
 from aether.store._replay import Replayer
+from aether.store._seek import Found, Mark, ReadAt, ReadLast, ReadNext, Start, seek
 from aether.store._subjects import SNAPSHOTS_SUFFIX, encode_actor_id
 from aether.store.config import JetStreamConfig
 
@@ -659,56 +660,33 @@ class JetStreamEventStore:
         return result
 
     async def _seek(self, actor_id: str, subject: str, from_version: int) -> int:
-        """The stream sequence to replay from so as to see every ``version >= from_version``.
-
-        Why: replaying from a snapshot should cost the tail, not the whole history. A
-        snapshot read with :meth:`get_latest_snapshot` may carry the stream sequence of
-        its version (checked with one read before use). Otherwise, when more than
-        ``_SEEK_MIN_SKIP`` older events would be read past, an actor's versions
-        increasing along its subject let a binary search over stream sequences with
-        leader message gets (``next_by_subj``) find the first message with a version >=
-        *from_version* in about log2(stream length) requests. Where the order cannot be
-        trusted (a malformed message met on the way), replay starts at the beginning:
-        the result is the same, only slower.
-        """
-        if from_version <= 1:
-            return 1
-        low = 1  # the answer lies in [low, high]; high's message qualifies
-        mark = self._snapshot_marks.get(actor_id)
-        if mark is not None and mark.version < from_version:
-            # A snapshot read earlier says where its version sits; check it (the stream may
-            # have been recreated since), then start after it or search from there.
-            at = await self._api.get_msg(self._stream, {"seq": mark.seq})
-            found = None if at is None or at.subject != subject else _decode(at, actor_id)
-            if isinstance(found, Event) and found.version == mark.version:
-                low = mark.seq + 1
-                if from_version == mark.version + 1:
-                    return low
-            else:
-                self._snapshot_marks.discard(actor_id)
-        skipped = from_version - 1 - (mark.version if low > 1 and mark is not None else 0)
-        if skipped <= _SEEK_MIN_SKIP:
-            # At most that many older events to read past: cheaper than ~log2(stream
-            # length) searching reads, which a busy stream makes slow.
-            return low
-        last = await self._api.last_msg(self._stream, subject)
-        tail = None if last is None else _decode(last, actor_id)
-        if last is None or not isinstance(tail, Event):
-            return 1
-        if tail.version < from_version:
-            return last.seq + 1  # nothing to read
-        high = last.seq
-        while low < high:
-            middle = (low + high) // 2
-            probe = await self._api.get_msg(self._stream, {"seq": middle, "next_by_subj": subject})
-            event = None if probe is None else _decode(probe, actor_id)
-            if probe is None or not isinstance(event, Event):
-                return 1
-            if event.version >= from_version:
-                high = middle
-            else:
-                low = probe.seq + 1  # every message up to the probe is too old
-        return low
+        """The stream sequence to replay from so as to see every ``version >= from_version``:
+        :func:`~aether.store._seek.seek` (a snapshot's remembered position, else a binary
+        search over stream sequences), driven with leader message gets."""
+        entry = self._snapshot_marks.get(actor_id)
+        mark = None if entry is None else Mark(entry.version, entry.seq)
+        plan = seek(from_version, mark)
+        answer: Found | None = None
+        while True:
+            try:
+                read = plan.send(answer)
+            except StopIteration as done:
+                start: Start = done.value
+                break
+            match read:
+                case ReadAt(seq):
+                    msg = await self._api.get_msg(self._stream, {"seq": seq})
+                    if msg is not None and msg.subject != subject:
+                        msg = None
+                case ReadNext(seq):
+                    body = {"seq": seq, "next_by_subj": subject}
+                    msg = await self._api.get_msg(self._stream, body)
+                case ReadLast():
+                    msg = await self._api.last_msg(self._stream, subject)
+            answer = None if msg is None else _found(msg, actor_id)
+        if start.mark_is_stale:
+            self._snapshot_marks.discard(actor_id)
+        return start.seq
 
     async def _decoded(
         self, actor_id: str, subject: str, start_seq: int = 1
@@ -821,6 +799,12 @@ def _decode(msg: StoredMsg, actor_id: str) -> Event | ReplayError:
     return event
 
 
+def _found(msg: StoredMsg, actor_id: str) -> Found:
+    """What the seek needs of a message: its sequence and its event's version, if any."""
+    event = _decode(msg, actor_id)
+    return Found(msg.seq, event.version if isinstance(event, Event) else None)
+
+
 def _decode_snapshot(msg: StoredMsg, actor_id: str) -> ActorSnapshot | None:
     # None for a malformed snapshot, or one of another actor (a foreign writer's).
     try:
@@ -834,7 +818,6 @@ _ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.STREAM"
 _MAX_RESTORES = 100  # re-stores of one purged event id within the duplicate window
 _EVENT_SEQ_HEADER = "Aether-Event-Seq"
 _MAX_SNAPSHOT_MARKS = 10_000
-_SEEK_MIN_SKIP = 1000  # events; reading them costs about as much as a search
 
 
 class _Held(Enum):
