@@ -173,7 +173,7 @@ async def write_actors(store: JetStreamEventStore, actors: int) -> dict[str, Any
     return {
         "actors": actors,
         "cache_size": store.config.version_cache_size,
-        "cached": len(store._cache),  # the bound holds: min(actors, cache_size)
+        "cached": store.stats.cached_actors,  # the bound holds: min(actors, cache_size)
         "cache_misses": store.stats.cache_misses,
     }
 

@@ -711,3 +711,11 @@ async def test_open_retries_a_transient_stream_create_failure(nc: Client) -> Non
     assert await store.get_latest_version("acc") == 1
     await nc.jetstream().delete_stream(store.stream_name)
     await nc.jetstream().delete_stream(f"{store.stream_name}_snapshots")
+
+
+async def test_stats_count_the_cached_actors_within_the_bound(open_store: StoreFactory) -> None:
+    store = await open_store(config=JetStreamConfig(version_cache_size=3))
+    assert store.stats.cached_actors == 0
+    for i in range(5):
+        await store.save_event(Event("Opened", f"acc-{i}", 1))
+    assert store.stats.cached_actors == 3

@@ -85,6 +85,8 @@ class StoreStats:
     #: requests re-sent (timeouts, no responders, reconnects, "not now" answers) and
     #: replays resumed after a stalled consumer
     retries: int = 0
+    #: actors whose latest version the cache holds now (at most ``version_cache_size``)
+    cached_actors: int = 0
 
 
 class JetStreamEventStore:
@@ -228,7 +230,7 @@ class JetStreamEventStore:
     @property
     def stats(self) -> StoreStats:
         """A copy of the store's counters."""
-        return replace(self._stats, retries=self._api.retries)
+        return replace(self._stats, retries=self._api.retries, cached_actors=len(self._cache))
 
     def subject_for(self, actor_id: str) -> str:
         """The JetStream subject holding *actor_id*'s events (for tools and debugging)."""
