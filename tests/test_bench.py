@@ -16,10 +16,11 @@ from pathlib import Path
 
 import nats
 import pytest
+from click.testing import CliRunner
+
 from benchmarks import WORKLOADS, BenchDependencyError, Sizes, SuiteOptions, run_suite
 from benchmarks.baselines import require
 from benchmarks.run import bench
-from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 
