@@ -15,7 +15,6 @@ cache only saves the read before a write: a warm ``save_event`` is one round tri
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 import weakref
@@ -49,8 +48,6 @@ from aether.store._append import Answer, PendingAppend, Step, classify, decide
 from aether.store._cache import EMPTY, CacheEntry, KeyedLocks, VersionCache
 from aether.store._jsapi import (
     BATCH_INCOMPLETE,
-    WRONG_LAST_SEQUENCE,
-    WRONG_LAST_SEQUENCE_IN_FLIGHT,
     JsApi,
     StoredMsg,
     TransientError,
@@ -62,14 +59,13 @@ from aether.store._jsapi import (
 )
 from aether.store._provision import StreamSettings, find, provision
 from aether.store._replay import Replayer
-from aether.store._seek import Found, Mark, ReadAt, ReadLast, ReadNext, Start, seek
+from aether.store._seek import Found, ReadAt, ReadLast, ReadNext, Start, seek
+from aether.store._snapshots import SnapshotStream, pause_if_in_flight
 from aether.store._subjects import SNAPSHOTS_SUFFIX, encode_actor_id
 from aether.store.config import JetStreamConfig
 
 # Bytes of headers an append adds besides the event id (batch headers included).
 _HEADER_ALLOWANCE = 256
-# How long to let an in-flight write to the same subject commit (clustered streams).
-_IN_FLIGHT_PAUSE = 0.005
 
 
 @dataclass
@@ -108,15 +104,13 @@ class JetStreamEventStore:
         self._config = config
         self._settings = events
         self._stream = stream_name = events.name
-        self._snapshot_stream = snapshot_stream
         self._event_prefix = f"{stream_name}.events."
-        self._snapshot_prefix = f"{stream_name}.snapshots."
         self._atomic = atomic
         self._replicated = events.replicas > 1  # the stream as it is, not as asked
         self._cache = VersionCache(config.version_cache_size)
-        # actor -> (snapshot version, stream sequence of that version's event), learnt from
-        # the snapshots read: where a replay after a snapshot starts (see _seek).
-        self._snapshot_marks = VersionCache(min(config.version_cache_size, _MAX_SNAPSHOT_MARKS))
+        self._snapshots = SnapshotStream(
+            api, snapshot_stream, stream_name, config.version_cache_size
+        )
         self._locks = KeyedLocks()
         self._stats = StoreStats()
         # The stream's identity (its creation time): the cache is valid within it only.
@@ -427,7 +421,7 @@ class JetStreamEventStore:
                     # Someone wrote since the tail we knew (or our own timed-out attempt
                     # landed): read the tail from the server and decide again.
                     self._stats.stale_cache_repairs += 1
-                    await _pause_if_in_flight(answer["error"]["err_code"])
+                    await pause_if_in_flight(answer["error"]["err_code"])
                 case Answer.ID_TAKEN:
                     # An atomic batch checks its ids *before* the expected sequence, so
                     # this says nothing of the tail we sent: decide on the server's tail;
@@ -578,7 +572,7 @@ class JetStreamEventStore:
         Called on a new incarnation of the stream, and wherever StreamNotFoundError
         passes through the store (appends, tail reads, replays)."""
         self._cache.clear()
-        self._snapshot_marks.clear()
+        self._snapshots.forget_marks()
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -665,9 +659,7 @@ class JetStreamEventStore:
         """The stream sequence to replay from so as to see every ``version >= from_version``:
         :func:`~aether.store._seek.seek` (a snapshot's remembered position, else a binary
         search over stream sequences), driven with leader message gets."""
-        entry = self._snapshot_marks.get(actor_id)
-        mark = None if entry is None else Mark(entry.version, entry.seq)
-        plan = seek(from_version, mark)
+        plan = seek(from_version, self._snapshots.mark(actor_id))
         answer: Found | None = None
         while True:
             try:
@@ -687,7 +679,7 @@ class JetStreamEventStore:
                     msg = await self._api.last_msg(self._stream, subject)
             answer = None if msg is None else _found(msg, actor_id)
         if start.mark_is_stale:
-            self._snapshot_marks.discard(actor_id)
+            self._snapshots.forget_mark(actor_id)
         return start.seq
 
     async def _decoded(
@@ -721,37 +713,8 @@ class JetStreamEventStore:
         the events after it never has to search.
         """
         encoded = _rules.prepare_snapshot(snapshot)  # read once: the caller may change it
-        payload = encoded.payload
-        self._check_size(payload)
-        subject = self._snapshot_prefix + encode_actor_id(encoded.actor_id)
-        mark: dict[str, str] | None = None
-        while True:
-            current = await self._api.last_msg(self._snapshot_stream, subject)
-            if current is not None:
-                stored = _decode_snapshot(current, encoded.actor_id)
-                if stored is not None and stored.version >= encoded.version:
-                    return
-            if mark is None:
-                # Where the snapshot's version sits in the event stream, so that every
-                # replay of the events after it can start there instead of searching (a
-                # hint: checked before use). Found once, and only if the snapshot is new.
-                seq = await self._event_seq_of(encoded.actor_id, encoded.version)
-                mark = {} if seq is None else {_EVENT_SEQ_HEADER: str(seq)}
-            headers = {
-                "Nats-Expected-Last-Subject-Sequence": str(current.seq if current else 0),
-                **mark,
-            }
-            answer, _ = await self._api.request(
-                subject, payload, headers, stream=self._snapshot_stream
-            )
-            error = answer.get("error")
-            if error is None:
-                return
-            code = error.get("err_code")
-            if code not in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
-                raise_for_error(answer, self._snapshot_stream)
-            # Another writer stored a snapshot meanwhile: compare against it.
-            await _pause_if_in_flight(code)
+        self._check_size(encoded.payload)
+        await self._snapshots.save(encoded, self._event_seq_of)
 
     async def _event_seq_of(self, actor_id: str, version: int) -> int | None:
         """The stream sequence of the actor's event *version*: from the cache when it is
@@ -770,20 +733,7 @@ class JetStreamEventStore:
     async def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot | None:
         """The newest snapshot, or None (also if the stored one is malformed)."""
         check_actor_id(actor_id)
-        subject = self._snapshot_prefix + encode_actor_id(actor_id)
-        current = await self._api.last_msg(self._snapshot_stream, subject)
-        snapshot = None if current is None else _decode_snapshot(current, actor_id)
-        seq = None if current is None else current.header(_EVENT_SEQ_HEADER)
-        if snapshot is not None and seq is not None and seq.isdigit():
-            self._snapshot_marks.put(actor_id, CacheEntry(snapshot.version, int(seq), None))
-        return snapshot
-
-
-async def _pause_if_in_flight(err_code: int) -> None:
-    # A clustered leader refuses a write while another to the same subject is in flight;
-    # give that write a moment to commit before reading the tail again.
-    if err_code == WRONG_LAST_SEQUENCE_IN_FLIGHT:
-        await asyncio.sleep(_IN_FLIGHT_PAUSE)
+        return await self._snapshots.latest(actor_id)
 
 
 def _decode(msg: StoredMsg, actor_id: str) -> Event | ReplayError:
@@ -807,19 +757,8 @@ def _found(msg: StoredMsg, actor_id: str) -> Found:
     return Found(msg.seq, event.version if isinstance(event, Event) else None)
 
 
-def _decode_snapshot(msg: StoredMsg, actor_id: str) -> ActorSnapshot | None:
-    # None for a malformed snapshot, or one of another actor (a foreign writer's).
-    try:
-        snapshot = _rules.decode_snapshot(msg.data)
-    except ValueError:
-        return None
-    return snapshot if snapshot.actor_id == actor_id else None
-
-
 _ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.STREAM"
 _MAX_RESTORES = 100  # re-stores of one purged event id within the duplicate window
-_EVENT_SEQ_HEADER = "Aether-Event-Seq"
-_MAX_SNAPSHOT_MARKS = 10_000
 
 
 class _Held(Enum):
