@@ -24,8 +24,9 @@ _NAMESPACE_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _ESCAPED = re.compile(r"_([0-9A-F]{2})")
 _ESCAPED_TOKEN = re.compile(r"(?:[A-Za-z0-9-]|_[0-9A-F]{2})+")
 
-# nats-server refuses protocol lines over 4 KiB (max_control_line); a subject close to that
-# would make the server drop the connection, so long ids are refused up front.
+#: The longest subject token an actor id may encode to, in characters. nats-server
+#: refuses protocol lines over 4 KiB (max_control_line); a subject close to that would
+#: make the server drop the connection, so longer ids are refused up front.
 MAX_TOKEN_LENGTH = 2048
 
 #: nats-server's limit on stream names (``JSMaxNameLen``; longer names are refused with
