@@ -23,6 +23,8 @@ import nats
 import pytest
 
 from aether import Event
+from aether.cli._errors import EXIT_UNREACHABLE
+from aether.testing import NatsServer
 
 from .test_cli_commands import (
     NATS_ENV,
@@ -121,10 +123,13 @@ def command() -> Iterator[type[Command]]:
         cmd.stop()
 
 
-def _append(url: str, stream: str, *events: tuple[str, str, dict[str, Any]]) -> None:
+def _append(
+    url: str, stream: str, *events: tuple[str, str, dict[str, Any]], create: bool = False
+) -> None:
     """``aether append`` each (actor, type, data), in order."""
     for actor, event_type, data in events:
         args = ["append", actor, event_type, "-s", stream, "--data", json.dumps(data)]
+        args += ["--create"] if create else []
         result = aether(*args, url=url)
         assert result.exit_code == 0, result.output
 
@@ -237,6 +242,61 @@ def test_tail_stops_cleanly_on_ctrl_c_and_sigterm(
     assert code == 0, err
     assert "Traceback" not in err
     assert "Aborted" not in err
+
+
+@pytest.fixture
+def own_server() -> Iterator[NatsServer]:
+    """A server of the test's own, to restart or stop under a running tail."""
+    with NatsServer() as server:
+        yield server
+
+
+@pytest.mark.parametrize("shown_before", [0, 1])
+def test_tail_resumes_after_a_server_restart_without_repeating(
+    own_server: NatsServer, command: type[Command], shown_before: int
+) -> None:
+    url = own_server.url
+    streams = Streams(url)
+    name = streams.name()
+    run(lambda: streams.seed(name, [ev("old", 1), ev("old", 2)]))  # stored before: never shown
+    tail = command("tail", "-s", name, "-n", "3", "--json", "--url", url)
+    tail.wait_for("listening for new events", err=True)
+    new = [("a", "Deposited", {"n": n}) for n in range(1, 4)]
+    _append(url, name, *new[:shown_before])
+    for n in range(1, shown_before + 1):
+        tail.wait_for(f'"data":{{"n":{n}}}')
+    own_server.restart()
+    tail.wait_for("lost the connection to NATS", err=True)
+    _append(url, name, *new[shown_before:])
+    code, out, err = tail.finish()
+    assert code == 0, err
+    assert "Traceback" not in err
+    shown = [Event.from_json(line) for line in tail.seen["stdout"] + out.splitlines()]
+    assert [(e.actor_id, e.version, e.data) for e in shown] == [
+        ("a", 1, {"n": 1}),
+        ("a", 2, {"n": 2}),
+        ("a", 3, {"n": 3}),
+    ]
+
+
+def test_tail_fails_once_the_connection_is_closed_for_good(
+    own_server: NatsServer, command: type[Command]
+) -> None:
+    url = own_server.url
+    name = Streams(url).name()
+    _append(url, name, ("a", "Deposited", {}), create=True)
+    tail = command("tail", "-s", name, "--reconnect-attempts", "1", "--url", url)
+    tail.wait_for("listening", err=True)
+    own_server.stop()
+    code, out, err = tail.finish()
+    assert code == EXIT_UNREACHABLE, err
+    assert out == ""
+    errors = [line for line in err.splitlines() if "Error" in line]
+    assert len(errors) == 1, err
+    assert errors[0].startswith(f"Error: lost the connection to NATS at {url}"), err
+    assert "and gave up after 1 reconnect attempt(s)" in errors[0]
+    assert err.count("lost the connection to NATS; reconnecting") == 1, err
+    assert "Traceback" not in err
 
 
 def test_tail_of_a_missing_stream_is_not_found(nats_url: str) -> None:
