@@ -5,7 +5,8 @@
   site resolves, and every ``--8<--`` include finds its file and region;
 - every ``--8<--`` include names an existing file, and a region that file marks with
   ``# --8<-- [start:name]`` / ``# --8<-- [end:name]`` (the programs themselves run in
-  ``tests/test_examples.py``);
+  ``tests/test_examples.py``), and no page keeps a copy under the retired
+  ``<!-- include: -->`` marker;
 - every relative link in ``docs/`` and ``README.md`` points to an existing file (and, with
   a ``#fragment``, to an existing heading, or to an object the reference page documents),
   as GitHub shows them, and every page is linked from somewhere;
@@ -124,6 +125,13 @@ def test_every_include_names_an_existing_file_and_region() -> None:
                     problems.append(f"{rel(page)}:{n}: {exc}")
     assert not problems, problems
     assert includes >= 10  # the how-tos do include their code
+
+
+def test_no_copied_includes_left() -> None:
+    """The retired ``<!-- include: ... -->`` marker stood above a copy of the file, kept
+    current by the old generator; nothing refreshes such copies any more."""
+    stale = [rel(p) for p in sorted(DOCS.rglob("*.md")) if "<!-- include:" in p.read_text("utf-8")]
+    assert not stale, f'{stale}: replace each copied block by a --8<-- "path:region" line'
 
 
 # -- links ---------------------------------------------------------------------------------
