@@ -6,14 +6,18 @@ If another request, process or host appended first, the store raises
 ``VersionConflictError``: without ``expected_version`` the command is reloaded, decided
 again and retried; with it (the client says which version it saw) the answer is HTTP 409.
 
-Run it (needs fastapi and uvicorn next to aether, and a nats-server with JetStream)::
+Run it from a checkout (the ``examples`` extra brings fastapi and uvicorn; any
+nats-server with JetStream will do)::
 
-    NATS_URL=nats://127.0.0.1:4222 uvicorn fastapi_app:app
+    .venv/bin/pip install -e ".[server,examples]"
+    .venv/bin/aether server &
+    NATS_URL=nats://127.0.0.1:4222 .venv/bin/uvicorn --app-dir examples fastapi_app:app
 """
 
 # --8<-- [start:setup]
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -260,6 +264,44 @@ async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
 # --8<-- [end:errors]
 
 
+# --8<-- [start:connection]
+log = logging.getLogger("bank")
+
+
+class ConnectionLog:
+    """The NATS connection's callbacks: one log line per change, no tracebacks.
+
+    Without an ``error_cb``, nats-py logs every error with its traceback, and while the
+    server is away that is every failed reconnect attempt. Here an outage reads as a few
+    lines: the error that cut the connection, "disconnected", the first failed attempt
+    (repeats of the same error are not logged again), "reconnected".
+    """
+
+    def __init__(self) -> None:
+        self.last_error = ""
+        self.closing = False  # set at shutdown, when a disconnect is expected
+
+    async def error(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if text != self.last_error:
+            self.last_error = text
+            log.warning("nats error: %s", text)
+
+    async def disconnected(self) -> None:
+        if self.closing:
+            log.info("nats connection closed")
+        else:
+            # Requests wait for the connection; the store retries them until retry_deadline.
+            log.warning("nats disconnected, reconnecting")
+
+    async def reconnected(self) -> None:
+        self.last_error = ""
+        log.info("nats reconnected")
+
+
+# --8<-- [end:connection]
+
+
 # --8<-- [start:app]
 def create_app(
     nats_url: str | None = None, *, stream_name: str = "bank", namespace: str = ""
@@ -269,13 +311,23 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = nats_url or os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
-        nc = await nats.connect(url)  # your own auth, TLS and reconnect options go here
+        events = ConnectionLog()
+        nc = await nats.connect(
+            url,
+            error_cb=events.error,
+            disconnected_cb=events.disconnected,
+            reconnected_cb=events.reconnected,
+            max_reconnect_attempts=-1,  # a service keeps trying (nats-py's default: 60)
+            # ... and your own auth and TLS options
+        )
         try:
             config = JetStreamConfig(namespace=namespace)
             app.state.store = await JetStreamEventStore.open(nc, stream_name, config)
             yield
         finally:
-            await nc.drain()
+            events.closing = True
+            # Drain (let in-flight requests finish) if connected; in an outage just close.
+            await (nc.drain() if nc.is_connected else nc.close())
 
     app = FastAPI(title="bank", lifespan=lifespan)
     app.include_router(router)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pytest
 
 from aether import Event
 from aether.store import JetStreamConfig, JetStreamEventStore
-from aether.testing import NatsCluster
+from aether.testing import NatsCluster, NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -214,6 +215,72 @@ async def test_fastapi_snapshots(app: Bank) -> None:
     finally:
         await nc.close()
     assert (await client.get("/accounts/erin")).json()["balance"] == 2 * (bank.SNAPSHOT_EVERY + 4)
+
+
+class LogWatch(logging.Handler):
+    """The messages of one logger, and a way to wait for one of them (no sleeping)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logger
+        self.messages: list[str] = []
+        self.changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self.changed.set()
+
+    async def wait_for(self, text: str, after: int = 0) -> int:
+        """Wait until a message from index *after* on contains *text*; its index."""
+
+        async def found() -> int:
+            while True:
+                for n in range(after, len(self.messages)):
+                    if text in self.messages[n]:
+                        return n
+                self.changed.clear()
+                await self.changed.wait()
+
+        # A generous bound so that a regression fails here rather than at pytest-timeout.
+        return await asyncio.wait_for(found(), timeout=120)
+
+    def __enter__(self) -> LogWatch:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+
+
+@pytest.mark.fault
+async def test_fastapi_outage_is_a_few_log_lines(
+    fresh_nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the NATS server is away the app logs one line per change, never a traceback
+    (nats-py's default error callback logs every failed reconnect with its traceback)."""
+    caplog.set_level(logging.INFO)
+    service = Bank(fresh_nats_server.url)
+    with LogWatch(logging.getLogger("bank")) as log:
+        async with service.app.router.lifespan_context(service.app), service.client:
+            client = service.client
+            response = await client.post("/accounts/frank", json={"owner": "Frank"})
+            assert response.status_code == 201, response.text
+
+            await asyncio.to_thread(fresh_nats_server.stop)  # the outage
+            down = await log.wait_for("nats disconnected")
+            await log.wait_for("nats error: ", after=down)  # a failed reconnect attempt
+            await asyncio.to_thread(fresh_nats_server.start)
+            await log.wait_for("nats reconnected", after=down)
+
+            response = await client.post("/accounts/frank/deposits", json={"amount": 5})
+            assert response.status_code == 200, response.text
+            assert response.json()["version"] == 2
+
+    assert "Traceback" not in caplog.text
+    assert [r for r in caplog.records if r.exc_info] == []
+    assert "nats disconnected, reconnecting" in log.messages
+    assert log.messages[-1] == "nats connection closed"  # the shutdown is no outage
+    assert all("\n" not in message for message in log.messages), log.messages
 
 
 # -- examples/multiple_writers.py --------------------------------------------------------
