@@ -1,4 +1,5 @@
-"""Copy the latest ``benchmarks/results/results.md`` into ``docs/benchmarks.md``.
+"""Copy the latest ``benchmarks/results/results.md`` into ``docs/benchmarks.md``, and its
+charts into ``docs/img/`` (the documentation site holds only what is under ``docs/``).
 
     .venv/bin/python -m benchmarks.run && .venv/bin/python -m benchmarks.update_docs
 
@@ -11,12 +12,14 @@ without their title, their headings moved one level down to sit under the page's
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "results.md"
 PAGE = ROOT / "docs" / "benchmarks.md"
+IMAGES = ROOT / "docs" / "img"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -40,7 +43,13 @@ def main() -> int:
         splice(PAGE.read_text(encoding="utf-8"), RESULTS.read_text(encoding="utf-8")),
         encoding="utf-8",
     )
-    print(f"updated {PAGE.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}")
+    IMAGES.mkdir(exist_ok=True)
+    for chart in sorted(RESULTS.parent.glob("*.png")):
+        shutil.copyfile(chart, IMAGES / chart.name)
+    print(
+        f"updated {PAGE.relative_to(ROOT)} and {IMAGES.relative_to(ROOT)}/ "
+        f"from {RESULTS.parent.relative_to(ROOT)}"
+    )
     return 0
 
 
