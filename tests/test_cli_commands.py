@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import nats
@@ -28,6 +30,7 @@ from aether import (
     JetStreamError,
     JetStreamNotEnabledError,
     StoreUnavailableError,
+    StreamExistsError,
     StreamNotFoundError,
     UnsuitableStreamError,
     UnsupportedServerError,
@@ -47,11 +50,9 @@ from aether.cli._errors import (
     translate_errors,
 )
 from aether.cli._output import format_time
-from aether.cli.actors import actor_id_of
 from aether.cli.events import format_row
-from aether.cli.streams import classify
+from aether.cli.stream import format_duration, parse_duration
 from aether.store import InvalidConfigError, JetStreamConfig, JetStreamEventStore
-from aether.store._subjects import encode_actor_id
 from aether.testing import NatsServer
 
 from ._stores import unique
@@ -154,7 +155,13 @@ def ev(actor: str, version: int, event_type: str = "Deposited", **data: Any) -> 
 
 # -- help -------------------------------------------------------------------------------------
 
-NATS_COMMANDS = ("demo", "streams", "actors", "events", "tail", "append", "snapshot")
+NATS_COMMANDS = ("demo", "streams", "stream", "actors", "events", "tail", "append", "snapshot")
+NATS_SUBCOMMANDS = [
+    *(("demo", "streams", "actors", "events", "tail", "append", "snapshot")),
+    "stream info",
+    "stream create",
+    "stream delete",
+]
 CONNECTION_OPTIONS = (
     "--url",
     "--creds",
@@ -212,9 +219,9 @@ def test_connect_refuses_another_scheme_too() -> None:
         run(lambda: connect("http://127.0.0.1:4222", name="test"))
 
 
-@pytest.mark.parametrize("command", NATS_COMMANDS)
+@pytest.mark.parametrize("command", NATS_SUBCOMMANDS)
 def test_every_nats_command_takes_the_connection_options(command: str) -> None:
-    result = aether(command, "--help")
+    result = aether(*command.split(), "--help")
     assert result.exit_code == 0, result.output
     for option in CONNECTION_OPTIONS:
         assert option in result.stdout, (command, option)
@@ -271,29 +278,6 @@ def test_streams_lists_aether_streams_with_their_counts(streams: Streams, nats_u
     # the row names the store for the other commands
     listed = aether("events", "a", "-N", "tenant a", "-s", bank, "--json", url=nats_url)
     assert [e["version"] for e in json_lines(listed)] == [1, 2]
-
-
-def test_classify_ignores_snapshot_and_foreign_streams() -> None:
-    def info(name: str, subjects: list[str], metadata: dict[str, str] | None = None) -> Any:
-        config: dict[str, Any] = {"name": name, "subjects": subjects}
-        if metadata is not None:
-            config["metadata"] = metadata
-        return {"config": config, "state": {"messages": 4, "bytes": 10, "num_subjects": 2}}
-
-    rows = classify(
-        [
-            info("s", ["s.events.>"], {"aether.kind": "events", "aether.namespace": ""}),
-            info("s_snapshots", ["s.snapshots.>"], {"aether.kind": "snapshots"}),
-            info("old", ["old.events.>"]),
-            info("old_snapshots", ["old.snapshots.>"]),
-            info("other", ["other.>"]),
-            info("mixed", ["mixed.events.>", "mixed.more"]),
-        ]
-    )
-    assert [(r.stream, r.snapshots, r.metadata) for r in rows] == [
-        ("old", 4, False),
-        ("s", 4, True),
-    ]
 
 
 # -- actors -----------------------------------------------------------------------------------
@@ -372,13 +356,6 @@ def test_actors_skips_subjects_aether_would_not_write(streams: Streams, nats_url
     result = aether("actors", "-s", name, "--json", url=nats_url)
     assert json_lines(result) == [{"actor": "ok", "version": 1, "events": 1}]
     assert "skipped 1 subject(s)" in result.stderr
-
-
-def test_actor_id_of_inverts_the_subject_encoding() -> None:
-    for actor in [*ODD_IDS, "plain", "_", "é🙂"]:
-        assert actor_id_of(encode_actor_id(actor)) == actor
-    for token in ["x.y", "_zz", "_4", "a_2e", ""]:
-        assert actor_id_of(token) is None, token
 
 
 def test_actors_takes_the_stream_as_an_option_like_every_command() -> None:
@@ -798,6 +775,163 @@ def test_snapshot_of_a_stream_without_snapshot_stream(streams: Streams, nats_url
     assert_one_line_error(result, EXIT_NOT_FOUND, "has no snapshot")
 
 
+# -- stream info / create / delete -----------------------------------------------------------
+
+
+def test_stream_create_info_and_delete(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+    created = aether(
+        "stream", "create", "-s", name, "-N", "tenant-a", "--retention", "30d",
+        "--storage", "memory", "--duplicate-window", "5m", url=nats_url,
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    real = f"tenant-a__{name}"
+    streams.created.append(real)
+    assert f"created stream '{name}' in namespace 'tenant-a' (JetStream stream '{real}')" in (
+        created.stdout
+    )
+    assert re.search(r"retention\s+30d$", created.stdout, re.MULTILINE), created.stdout
+    run(lambda: streams.seed(name, [ev("a", 1), ev("a", 2), ev("b", 1)], namespace="tenant-a"))
+
+    info = aether("stream", "info", "-s", real, "--json", url=nats_url)  # by its JetStream name
+    assert json.loads(info.stdout) | {"created": "-"} == {
+        "stream": real,
+        "namespace": "tenant-a",
+        "name": name,
+        "retention": 30 * 86400.0,
+        "storage": "memory",
+        "replicas": 1,
+        "duplicate_window": 300.0,
+        "created": "-",
+        "actors": 2,
+        "events": 3,
+        "bytes": json.loads(info.stdout)["bytes"],
+        "first_position": 1,
+        "last_position": 3,
+        "snapshot_stream": f"{real}_snapshots",
+        "snapshots": 0,
+        "metadata": True,
+    }
+    table = aether("stream", "info", "-s", name, "-N", "tenant-a", url=nats_url)
+    assert re.search(r"^events\s+3$", table.stdout, re.MULTILINE), table.stdout
+    assert re.search(r"^duplicate window\s+5m$", table.stdout, re.MULTILINE), table.stdout
+
+    again = aether("stream", "create", "-s", name, "-N", "tenant-a", url=nats_url)
+    assert_one_line_error(again, EXIT_CONFLICT, f"stream '{real}' already exists")
+
+    deleted = aether("stream", "delete", "-s", name, "-N", "tenant-a", "--yes", url=nats_url)
+    assert deleted.exit_code == 0, deleted.output
+    assert "3 events of 2 actors, 0 snapshots" in deleted.stdout
+    gone = aether("stream", "info", "-s", name, "-N", "tenant-a", url=nats_url)
+    assert_one_line_error(gone, EXIT_NOT_FOUND, f"stream '{name}' in namespace 'tenant-a'")
+    assert "snapshots" not in {
+        s["stream"] for s in json_lines(aether("streams", "--json", url=nats_url))
+    }
+
+
+async def _infos(nc: Client) -> AsyncIterator[Any]:
+    for info in await nc.jetstream().streams_info():
+        yield info
+
+
+def test_stream_create_keeps_events_forever_by_default(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+    created = aether("stream", "create", "-s", name, "--json", url=nats_url)
+    assert created.exit_code == 0, created.output
+    described = json.loads(created.stdout)
+    assert (described["retention"], described["storage"], described["replicas"]) == (
+        None,
+        "file",
+        1,
+    )
+    table = aether("stream", "info", "-s", name, url=nats_url)
+    assert re.search(r"^retention\s+forever$", table.stdout, re.MULTILINE), table.stdout
+    assert re.search(r"^duplicate window\s+2m$", table.stdout, re.MULTILINE), table.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--retention", "3x"), EXIT_USAGE, "'3x' is not a duration"),
+        (("--retention", "0d"), EXIT_USAGE, "not a positive duration"),
+        (("--replicas", "6"), EXIT_USAGE, "Invalid value for '--replicas'"),
+        (("--storage", "disk"), EXIT_USAGE, "Invalid value for '--storage'"),
+        (("--retention", "1m"), EXIT_INVALID, "must exceed duplicate_window"),
+        (("--duplicate-window", "10s"), EXIT_INVALID, "duplicate_window"),
+    ],
+)
+def test_stream_create_refuses_bad_settings_before_connecting(
+    args: tuple[str, ...], code: int, message: str
+) -> None:
+    result = aether("stream", "create", "-s", "bank", *args, url=UNREACHABLE)
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize("command", ["create", "delete"])
+def test_stream_create_and_delete_need_a_stream_name(command: str) -> None:
+    result = aether("stream", command, url=UNREACHABLE)
+    assert result.exit_code == EXIT_USAGE
+    assert "Missing option '--stream' / '-s'" in result.stderr
+
+
+@pytest.mark.parametrize("answer", ["n\n", "", "maybe\nno\n"])
+def test_stream_delete_asks_first(streams: Streams, nats_url: str, answer: str) -> None:
+    name = streams.name()
+    run(lambda: streams.seed(name, [ev("a", 1)]))
+    refused = aether("stream", "delete", "-s", name, input=answer, url=nats_url)
+    assert refused.exit_code == 1, refused.output
+    assert f"Delete stream '{name}' with 1 events of 1 actors and 0 snapshots?" in refused.stderr
+    assert refused.stderr.strip().endswith("Error: nothing deleted (answer y, or pass --yes)")
+    assert refused.stdout == ""
+    still = aether("stream", "info", "-s", name, "--json", url=nats_url)
+    assert json.loads(still.stdout)["events"] == 1
+
+    confirmed = aether("stream", "delete", "-s", name, input="y\n", url=nats_url)
+    assert confirmed.exit_code == 0, confirmed.output
+    assert f"deleted stream '{name}' and '{name}_snapshots'" in confirmed.stdout
+    assert aether("stream", "info", "-s", name, url=nats_url).exit_code == EXIT_NOT_FOUND
+
+
+def test_stream_delete_leaves_other_streams_alone(streams: Streams, nats_url: str) -> None:
+    name = streams.name()
+
+    async def setup() -> None:
+        async with await nats.connect(nats_url) as nc:
+            await nc.jetstream().add_stream(name=name, subjects=[f"{name}.other.>"])
+
+    run(setup)
+    refused = aether("stream", "delete", "-s", name, "--yes", url=nats_url)
+    assert_one_line_error(refused, 1, f"stream '{name}' is not an aether event stream")
+    missing = aether("stream", "delete", "-s", unique("missing"), "--yes", url=nats_url)
+    assert_one_line_error(missing, EXIT_NOT_FOUND, "not found")
+
+    async def exists() -> bool:
+        async with await nats.connect(nats_url) as nc:
+            return (await nc.jetstream().stream_info(name)).config.name == name
+
+    assert run(exists)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds", "shown"),
+    [
+        ("30d", 30 * 86400, "30d"),
+        ("12h", 12 * 3600, "12h"),
+        ("1d12h", 36 * 3600, "1d12h"),
+        ("2w", 14 * 86400, "14d"),
+        ("90s", 90, "1m30s"),
+        ("1.5s", 1.5, "1.5s"),
+        ("500ms", 0.5, "500ms"),
+    ],
+)
+def test_durations(text: str, seconds: float, shown: str) -> None:
+    parsed = parse_duration(text)
+    assert parsed == timedelta(seconds=seconds)
+    assert format_duration(parsed) == shown
+    assert format_duration(None) == "forever"
+
+
 # -- unreachable server -----------------------------------------------------------------------
 
 UNREACHABLE_CALLS = [
@@ -807,10 +941,13 @@ UNREACHABLE_CALLS = [
     ("append", "acc", "T"),
     ("snapshot", "acc"),
     ("tail",),
+    ("stream", "info"),
+    ("stream", "create", "-s", "bank"),
+    ("stream", "delete", "-s", "bank", "--yes"),
 ]
 
 
-@pytest.mark.parametrize("args", UNREACHABLE_CALLS, ids=lambda args: args[0])
+@pytest.mark.parametrize("args", UNREACHABLE_CALLS, ids=lambda args: " ".join(args[:2]))
 def test_unreachable_server_is_one_line_and_exit_7(args: tuple[str, ...]) -> None:
     result = aether(*args, url=UNREACHABLE)
     assert_one_line_error(result, EXIT_UNREACHABLE, f"cannot connect to NATS at {UNREACHABLE}")
@@ -827,9 +964,21 @@ def test_nats_url_from_the_environment(streams: Streams, nats_url: str) -> None:
 
 def test_a_server_without_jetstream_fails_at_once() -> None:
     with NatsServer(jetstream=False) as server:
-        for args in (("streams",), ("events", "acc"), ("append", "acc", "T", "--create")):
+        calls = [
+            ("streams",),
+            ("actors",),
+            ("events", "acc"),
+            ("append", "acc", "T", "--create"),
+            ("stream", "info"),
+            ("stream", "create", "-s", "bank"),
+            ("stream", "delete", "-s", "bank", "--yes"),
+            ("tail",),
+        ]
+        for args in calls:
             result = aether(*args, url=server.url)
-            assert_one_line_error(result, 1, "JetStream is not enabled on this server")
+            assert_one_line_error(
+                result, 1, "JetStream is not available", "the NATS server has no JetStream"
+            )
 
 
 # -- the error translation ------------------------------------------------------------------
@@ -844,6 +993,12 @@ def test_a_server_without_jetstream_fails_at_once() -> None:
         (StoreUnavailableError("gone"), EXIT_UNAVAILABLE, "no answer from JetStream: gone"),
         (JetStreamError(500, 10001, "boom"), 1, "JetStream refused: boom"),
         (StreamNotFoundError("ns__s"), EXIT_NOT_FOUND, "stream 'ns__s' not found"),
+        (StreamExistsError("ns__s"), EXIT_CONFLICT, "stream 'ns__s' already exists"),
+        (
+            UnsuitableStreamError("s", "subjects", "its subjects are ['s.>']"),
+            1,
+            "stream 's' is not an aether event stream: its subjects",
+        ),
         (
             UnsuitableStreamError("s", "retention", "is 'interest'; aether needs 'limits'"),
             1,
@@ -854,7 +1009,7 @@ def test_a_server_without_jetstream_fails_at_once() -> None:
             EXIT_INVALID,
             "JetStreamConfig.namespace is too long",
         ),
-        (JetStreamNotEnabledError("jetstream not enabled"), 1, "JetStream is not available"),
+        (JetStreamNotEnabledError("no JetStream"), 1, "JetStream is not available: no JetStream"),
         (UnsupportedServerError("too old"), 1, "too old"),
         (nats.errors.TimeoutError(), 1, "NATS error: timeout"),
     ],

@@ -17,6 +17,7 @@ from aether.cli.demo import demo
 from aether.cli.events import events
 from aether.cli.server import server
 from aether.cli.snapshot import snapshot
+from aether.cli.stream import stream
 from aether.cli.streams import streams
 from aether.cli.tail import tail
 
@@ -52,5 +53,5 @@ def cli() -> None:
     """
 
 
-for _command in (demo, server, streams, actors, events, tail, append, snapshot):
+for _command in (demo, server, streams, stream, actors, events, tail, append, snapshot):
     cli.add_command(_command)

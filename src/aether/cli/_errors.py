@@ -39,6 +39,7 @@ from aether.errors import (
     JetStreamError,
     JetStreamNotEnabledError,
     StoreUnavailableError,
+    StreamExistsError,
     StreamNotFoundError,
     UnsuitableStreamError,
     VersionConflictError,
@@ -141,7 +142,20 @@ def translate_errors() -> Iterator[None]:
         raise NotFoundError(
             f"stream {exc.stream_name!r} not found (`aether streams` lists the event streams)"
         ) from None
+    except StreamExistsError as exc:
+        raise ConflictError(
+            f"stream {exc.stream_name!r} already exists (`aether stream info` shows it)"
+        ) from None
     except UnsuitableStreamError as exc:
+        if exc.setting == "subjects":
+            raise CliError(
+                f"stream {exc.stream_name!r} is not an aether event stream: {exc.reason}"
+            ) from None
+        if exc.setting == "metadata":
+            raise CliError(
+                f"stream {exc.stream_name!r} is another store's: {exc.reason} (name it "
+                "with the --namespace and --stream `aether streams` shows)"
+            ) from None
         raise CliError(f"{exc} (the stream is left as it is)") from None
     except JetStreamNotEnabledError as exc:
         raise CliError(f"JetStream is not available: {exc}") from None

@@ -33,9 +33,10 @@ __all__ = [
 _PIPE_WIDTH = 200
 
 
-def stdout_console() -> Console:
-    """A console on the current stdout (click's test runner swaps it, so not cached)."""
-    console = Console(highlight=False)
+def stdout_console(*, stderr: bool = False) -> Console:
+    """A console on the current stdout, or stderr (click's test runner swaps them, so
+    not cached)."""
+    console = Console(highlight=False, stderr=stderr)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = _PIPE_WIDTH
     return console

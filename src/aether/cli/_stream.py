@@ -1,20 +1,22 @@
-"""Which event stream a command works on, and a store on it that changes nothing.
+"""Which event stream a command works on, and the public APIs it works through.
 
 ``--stream`` (default ``events``, the store's default) and ``--namespace`` name a store's
 stream exactly as ``JetStreamEventStore.open(nc, stream, JetStreamConfig(namespace=...))``
-does (:func:`~aether.store._subjects.real_stream_name`). A stream listed by
-``aether streams`` can also be named by its JetStream name alone, without
-``--namespace``: ``tenant-a__bank`` is stream ``bank`` in namespace ``tenant-a``
-(:func:`~aether.store._subjects.parse_stream_name`). A store may use a stream made by an
-older aether (``<sanitised namespace>_<name>``, when its metadata names exactly this
-pair), so commands take the stream name and subjects from the attached store
-(:class:`OpenStream`), never from the namespace.
+does: an :class:`aether.admin.StreamRef`. A stream listed by ``aether streams`` can also
+be named by its JetStream name alone, without ``--namespace``: ``tenant-a__bank`` is
+stream ``bank`` in namespace ``tenant-a`` (:meth:`StreamRef.parse`). A store may use a
+stream made by an older aether (``<sanitised namespace>_<name>``), so commands take the
+stream's real name and subjects from the attached store, never from the namespace.
 
 Inspection commands must not create or reconfigure streams (``open()`` creates missing
-streams and may update an existing one; an operator's read-only user may not even be
-allowed to), and a typo in ``--stream`` must say "not found" rather than create an empty
-stream. :func:`attach` therefore uses ``JetStreamEventStore.attach``, which checks
-that the stream exists and is usable by aether, and creates nothing.
+streams; an operator's read-only user may not even be allowed to), and a typo in
+``--stream`` must say "not found" rather than create an empty stream. :func:`attach`
+therefore uses ``JetStreamEventStore.attach``, which creates and changes nothing.
+Streams themselves are listed, inspected, created and deleted through
+:class:`aether.admin.StreamAdmin` (:func:`admin`).
+
+The command line uses aether's public API only: no private module, no JetStream error
+codes (``tests/test_cli_public_api.py`` checks the imports).
 """
 
 from __future__ import annotations
@@ -26,92 +28,56 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
-import nats.errors
 from nats.aio.client import Client
 
-from aether import _json
-from aether.errors import StreamNotFoundError, UnsuitableStreamError
-from aether.store import JetStreamConfig, JetStreamEventStore
-from aether.store._jsapi import API, JsApi
-from aether.store._subjects import parse_stream_name, real_stream_name
+from aether.admin import StreamAdmin, StreamRef
+from aether.errors import StreamNotFoundError
+from aether.store import InvalidConfigError, JetStreamConfig, JetStreamEventStore
 
-from ._errors import CliError, NotFoundError
+from ._errors import NotFoundError
 
 __all__ = [
-    "CLI_STORE_CONFIG",
+    "DEFAULT_STREAM",
+    "REQUEST_TIMEOUT",
+    "RETRY_DEADLINE",
     "OpenStream",
     "StreamRef",
+    "admin",
     "attach",
-    "check_jetstream",
-    "cli_api",
+    "not_found",
     "stream_options",
 ]
 
 DEFAULT_STREAM = "events"
 #: A command gives up on an unanswered request after 10s (the library's default is 30s).
-CLI_STORE_CONFIG = JetStreamConfig(
-    request_timeout=timedelta(seconds=2), retry_deadline=timedelta(seconds=10)
-)
-_JS_CHECK_TIMEOUT = 2.0
+REQUEST_TIMEOUT = timedelta(seconds=2)
+RETRY_DEADLINE = timedelta(seconds=10)
 _F = TypeVar("_F", bound=Callable[..., object])
 
 
-@dataclass(frozen=True)
-class StreamRef:
-    """A store's stream as its user names it: stream name and namespace."""
-
-    name: str = DEFAULT_STREAM
-    namespace: str = ""
-
-    @property
-    def real(self) -> str:
-        """The JetStream stream ``open`` would create: *name* alone, or ``<escaped
-        namespace>__<name>`` (:func:`~aether.store._subjects.real_stream_name`). A store on
-        a stream made by an older aether (``<sanitised namespace>_<name>``) uses that one
-        instead: once attached, use the store's ``stream_name``."""
-        return real_stream_name(self.namespace, self.name)
-
-    def describe(self, stream_name: str | None = None) -> str:
-        """``'events'``, or ``'bank' in namespace 'ns' (JetStream stream 'ns__bank')``.
-
-        *stream_name*: the attached store's real stream (default: :attr:`real`)."""
-        real = stream_name or self.real
-        if not self.namespace and real == self.name:
-            return repr(self.name)
-        where = f" in namespace {self.namespace!r}" if self.namespace else ""
-        return f"{self.name!r}{where} (JetStream stream {real!r})"
-
-
-def _check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        parse_stream_name(value)  # a store's stream name, or a namespaced JetStream name
-    except ValueError as exc:
-        reason = exc
-        if "__" not in value:  # not meant as a JetStream name: say what a name must be
-            try:
-                real_stream_name("", value)
-            except ValueError as plain:
-                reason = plain
-        raise click.BadParameter(str(reason), ctx=ctx, param=param) from None
+def _check_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            StreamRef.parse(value)  # a store's stream name, or a namespaced JetStream name
+        except InvalidConfigError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
     return value
 
 
 def _stream_ref(stream: str, namespace: str) -> StreamRef:
     """The store named by ``--stream``/``--namespace``; without a namespace, the stream may
     be a namespaced store's JetStream name (``<escaped namespace>__<name>``)."""
-    if not namespace:
-        namespace, stream = parse_stream_name(stream)  # checked by _check_name
     try:
-        real_stream_name(namespace, stream)
-    except ValueError as exc:
+        return StreamRef.parse(stream, namespace)
+    except InvalidConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="'--stream' / '--namespace'") from None
-    return StreamRef(stream, namespace)
 
 
-def stream_options() -> Callable[[_F], _F]:
+def stream_options(*, required: bool = False) -> Callable[[_F], _F]:
     """Add ``--stream``/``-s`` and ``--namespace``/``-N``; pass ``ref: StreamRef``.
 
     The command's function receives ``ref`` instead of ``stream`` and ``namespace``.
+    *required*: no default stream (for commands that create or delete one).
     """
 
     def decorate(func: _F) -> _F:
@@ -127,29 +93,43 @@ def stream_options() -> Callable[[_F], _F]:
             metavar="NS",
             help="Namespace of the store (JetStreamConfig.namespace) [default: none].",
         )
+        # No default at all when required (click >= 8.3 takes default=None as a value).
+        default: dict[str, Any] = (
+            {"required": True} if required else {"default": DEFAULT_STREAM, "show_default": True}
+        )
         stream = click.option(
             "--stream",
             "-s",
-            default=DEFAULT_STREAM,
-            show_default=True,
             metavar="NAME",
             callback=_check_name,
-            help="Stream name the store was opened with (see `aether streams`).",
+            help="Stream name the store is opened with (see `aether streams`).",
+            **default,
         )
         return stream(namespace(wrapper))  # type: ignore[return-value]
 
     return decorate
 
 
+def not_found(ref: StreamRef, stream_name: str | None = None) -> NotFoundError:
+    """The error for a stream that does not exist (exit 3)."""
+    return NotFoundError(
+        f"stream {ref.describe(stream_name)} not found (`aether streams` lists the event streams)"
+    )
+
+
+def admin(nc: Client) -> StreamAdmin:
+    """The admin API with the command line's timeouts."""
+    return StreamAdmin(nc, request_timeout=REQUEST_TIMEOUT, retry_deadline=RETRY_DEADLINE)
+
+
 @dataclass(frozen=True)
 class OpenStream:
-    """A store on an existing stream, and JetStream API calls for what the store lacks.
+    """A store on an existing stream and how the user named it.
 
-    Subjects and stream names come from the store (``stream_name``), never rebuilt from
-    the namespace: a stream made by an older aether has another name."""
+    The stream name and subjects come from the store, never rebuilt from the namespace:
+    a stream made by an older aether has another name."""
 
     store: JetStreamEventStore
-    api: JsApi
     ref: StreamRef
 
     @property
@@ -158,48 +138,14 @@ class OpenStream:
         return self.store.stream_name
 
     @property
-    def event_prefix(self) -> str:
-        """``<stream>.events.``: an actor's subject is this and its encoded id."""
-        return f"{self.store.stream_name}.events."
-
-    @property
     def event_subjects(self) -> str:
-        """The wildcard subject of every actor's events in the stream."""
-        return f"{self.event_prefix}>"
+        """The subject filter of every actor's events: the events stream's one subject
+        (``attach`` refuses a stream with other subjects)."""
+        return self.store.stream_settings.subjects[0]
 
     def describe(self) -> str:
         """The stream for messages (see :meth:`StreamRef.describe`)."""
         return self.ref.describe(self.store.stream_name)
-
-
-def cli_api(nc: Client) -> JsApi:
-    """JetStream API calls with the CLI's timeouts (:data:`CLI_STORE_CONFIG`)."""
-    return JsApi(
-        nc,
-        request_timeout=CLI_STORE_CONFIG.request_timeout.total_seconds(),
-        retry_deadline=CLI_STORE_CONFIG.retry_deadline.total_seconds(),
-    )
-
-
-async def check_jetstream(nc: Client) -> None:
-    """Fail at once (CliError) if the server has no JetStream for us.
-
-    The store retries "no responders" until its deadline, as it must for a stream whose
-    leader is being elected; a server without JetStream would then cost the user ten
-    seconds before a vague error. One ``$JS.API.INFO`` request tells the two apart.
-    """
-    try:
-        msg = await nc.request(f"{API}.INFO", b"", timeout=_JS_CHECK_TIMEOUT)
-    except nats.errors.NoRespondersError:
-        raise CliError(
-            "JetStream is not enabled on this server (run nats-server with -js, or use "
-            "`aether server`)"
-        ) from None
-    except nats.errors.TimeoutError:
-        return  # slow, not absent: the store's own retries decide
-    error = (_json.loads(msg.data) or {}).get("error")
-    if error:
-        raise CliError(f"JetStream is not available: {error.get('description', error)}")
 
 
 async def attach(nc: Client, ref: StreamRef, *, create: bool = False) -> OpenStream:
@@ -207,33 +153,16 @@ async def attach(nc: Client, ref: StreamRef, *, create: bool = False) -> OpenStr
     (:meth:`JetStreamEventStore.attach`).
 
     Raises NotFoundError (exit 3) if the stream does not exist, unless *create* is set:
-    then the store is opened normally, which creates it. Raises CliError if the stream
-    is not an aether event stream (or another pair's); other refusals of an existing
-    stream (UnsuitableStreamError) are left to :func:`~._errors.translate_errors`.
+    then the store is opened normally, which creates it. A stream aether cannot use
+    (UnsuitableStreamError) is left to :func:`~._errors.translate_errors`.
     """
-    config = JetStreamConfig(namespace=ref.namespace, **_timeouts(CLI_STORE_CONFIG))
-    await check_jetstream(nc)
+    config = JetStreamConfig(
+        namespace=ref.namespace, request_timeout=REQUEST_TIMEOUT, retry_deadline=RETRY_DEADLINE
+    )
     try:
         store = await JetStreamEventStore.attach(nc, ref.name, config)
     except StreamNotFoundError:
         if not create:
-            raise NotFoundError(
-                f"stream {ref.describe()} not found (`aether streams` lists the event streams)"
-            ) from None
+            raise not_found(ref) from None
         store = await JetStreamEventStore.open(nc, ref.name, config)
-    except UnsuitableStreamError as exc:
-        if exc.setting == "subjects":
-            raise CliError(
-                f"stream {exc.stream_name!r} is not an aether event stream: {exc.reason}"
-            ) from None
-        if exc.setting == "metadata":
-            raise CliError(
-                f"stream {exc.stream_name!r} is another store's: {exc.reason} (name it "
-                "with the --namespace and --stream `aether streams` shows)"
-            ) from None
-        raise
-    return OpenStream(store, cli_api(nc), ref)
-
-
-def _timeouts(config: JetStreamConfig) -> dict[str, Any]:
-    return {"request_timeout": config.request_timeout, "retry_deadline": config.retry_deadline}
+    return OpenStream(store, ref)

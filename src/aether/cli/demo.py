@@ -28,8 +28,6 @@ from types import FrameType
 from typing import Any
 
 import click
-import nats.js.errors
-from nats.aio.client import Client
 
 from aether.errors import AetherError
 from aether.store import JetStreamEventStore, StoreStats
@@ -56,6 +54,7 @@ from ._demo_writer import (
     deposit,
     worker_main,
 )
+from ._stream import StreamRef, admin
 
 _POLL_INTERVAL = 0.02
 _TTY_REFRESH = 0.5
@@ -236,7 +235,7 @@ async def run_demo(options: DemoOptions, target: ServerTarget) -> bool:
         audit = await _audit(target.settings, stream, accounts, race)
         if nc.is_connected and not target.embedded and not options.keep_stream:
             with contextlib.suppress(Exception):  # best effort: the verdict stands anyway
-                await _delete_streams(nc, store.stream_name)
+                await admin(nc).delete_stream(StreamRef(stream))  # and its snapshots
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
@@ -515,13 +514,6 @@ async def _audit(
         with contextlib.suppress(Exception):
             await nc.close()
     return check(histories, race.acked(), race.unknown())
-
-
-async def _delete_streams(nc: Client, stream: str) -> None:
-    js = nc.jetstream()
-    for name in (stream, f"{stream}_snapshots"):
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.delete_stream(name)
 
 
 def _print_summary(options: DemoOptions, race: RaceResult, audit: AuditResult) -> None:

@@ -1,48 +1,28 @@
 """``aether streams``: the aether event streams on a server, with their size.
 
-A stream is aether's if its metadata says ``aether.kind = events`` (every stream aether
-has created since it writes metadata); a stream without aether metadata counts if its
-only subjects are ``<name>.events.>`` (older aether, Go Aether). Snapshot streams are not
-listed on their own: their snapshot count is shown next to their event stream.
+Listed by :meth:`aether.admin.StreamAdmin.list_streams`: a stream is aether's if its
+metadata says so, or, without aether metadata, if its only subjects are
+``<name>.events.>`` (older aether, Go Aether). Snapshot streams are not listed on their
+own: their snapshot count is shown next to their event stream.
 
-The namespace and name shown are the metadata's: the pair a store was opened with (its
-JetStream name is ``<escaped namespace>__<name>``, or ``<sanitised namespace>_<name>`` for
-a stream made by an older aether, whose metadata holds the sanitised namespace), which
-the other commands take as ``--namespace`` and ``--stream``.
+The namespace and name shown are the pair a store was opened with, which the other
+commands take as ``--namespace`` and ``--stream``; ``stream`` is the JetStream name
+(``<escaped namespace>__<name>``, or another one for a stream made by an older aether).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 import click
 
-from aether.store._jsapi import JsApi
-from aether.store._subjects import META_KIND, META_NAMESPACE, META_STREAM, SNAPSHOTS_SUFFIX
+from aether.admin import StreamInfo
 
 from ._connect import ConnectionSettings, connection_options, session
 from ._output import echo_json, human_bytes, make_table, note, print_table
-from ._stream import check_jetstream, cli_api
+from ._stream import admin
 
-__all__ = ["StreamRow", "classify", "streams"]
-
-
-@dataclass(frozen=True)
-class StreamRow:
-    """One event stream as listed. ``namespace``/``name`` are what a store was opened with
-    (from the metadata; without metadata: no namespace and the JetStream name)."""
-
-    stream: str
-    namespace: str
-    name: str
-    actors: int
-    events: int
-    bytes: int
-    snapshots: int = 0
-    metadata: bool = True
+__all__ = ["streams"]
 
 
 @click.command()
@@ -51,17 +31,29 @@ class StreamRow:
 def streams(conn: ConnectionSettings, as_json: bool) -> None:
     """List aether's event streams: namespace, name, actors, events, bytes.
 
-    Streams are recognised by aether's stream metadata (aether.kind = events), or for
-    streams created without it by their subjects (<name>.events.>). NAMESPACE and NAME
-    are what to pass to --namespace and --stream of the other commands.
+    NAMESPACE and NAME are what to pass to --namespace and --stream of the other
+    commands; `aether stream info` shows one stream's settings. JSON objects have the
+    keys stream, namespace, name, actors, events, bytes, snapshots and metadata (false:
+    recognised by its subjects only).
     """
-    rows = asyncio.run(_list(conn))
-    if not rows:
+    found = asyncio.run(_list(conn))
+    if not found:
         note(f"no aether event streams on {conn.server_url}")
         return
     if as_json:
-        for row in rows:
-            echo_json(asdict(row))
+        for info in found:
+            echo_json(
+                {
+                    "stream": info.stream_name,
+                    "namespace": info.namespace,
+                    "name": info.name,
+                    "actors": info.actors,
+                    "events": info.events,
+                    "bytes": info.bytes,
+                    "snapshots": info.snapshots,
+                    "metadata": info.has_metadata,
+                }
+            )
         return
     table = make_table(
         "namespace",
@@ -77,75 +69,19 @@ def streams(conn: ConnectionSettings, as_json: bool) -> None:
         table,
         (
             (
-                row.namespace or "-",
-                row.name,
-                row.stream,
-                f"{row.actors:,}",
-                f"{row.events:,}",
-                human_bytes(row.bytes),
-                f"{row.snapshots:,}",
+                info.namespace or "-",
+                info.name,
+                info.stream_name,
+                f"{info.actors:,}",
+                f"{info.events:,}",
+                human_bytes(info.bytes),
+                f"{info.snapshots:,}",
             )
-            for row in rows
+            for info in found
         ),
     )
 
 
-async def _list(conn: ConnectionSettings) -> list[StreamRow]:
+async def _list(conn: ConnectionSettings) -> list[StreamInfo]:
     async with session(conn, name="aether-streams") as nc:
-        await check_jetstream(nc)
-        api = cli_api(nc)
-        infos = await _all_stream_infos(api)
-    return classify(infos)
-
-
-async def _all_stream_infos(api: JsApi) -> list[dict[str, Any]]:
-    """Every stream's info, following the server's pages."""
-    infos: list[dict[str, Any]] = []
-    while True:
-        answer = await api.call("STREAM.LIST", {"offset": len(infos)})
-        page = answer.get("streams") or []
-        infos.extend(page)
-        if not page or len(infos) >= int(answer.get("total", 0)):
-            return infos
-
-
-def classify(infos: list[dict[str, Any]]) -> list[StreamRow]:
-    """The aether event streams among *infos* (STREAM.INFO answers), sorted by namespace
-    and name, with the message counts of their snapshot streams."""
-    snapshots: dict[str, int] = {}
-    rows: list[StreamRow] = []
-    for info in infos:
-        config: Mapping[str, Any] = info.get("config") or {}
-        state: Mapping[str, Any] = info.get("state") or {}
-        name = str(config.get("name", ""))
-        metadata: Mapping[str, str] = config.get("metadata") or {}
-        subjects = list(config.get("subjects") or [])
-        kind = metadata.get(META_KIND)
-        base = name.removesuffix(SNAPSHOTS_SUFFIX)
-        if kind == "snapshots" or (
-            kind is None and name.endswith(SNAPSHOTS_SUFFIX) and subjects == [f"{base}.snapshots.>"]
-        ):
-            snapshots[base] = int(state.get("messages", 0))
-            continue
-        if kind == "events":
-            namespace = metadata.get(META_NAMESPACE, "")
-            given = metadata.get(META_STREAM) or name
-            from_metadata = True
-        elif kind is None and subjects == [f"{name}.events.>"]:
-            namespace, given, from_metadata = "", name, False
-        else:
-            continue
-        rows.append(
-            StreamRow(
-                stream=name,
-                namespace=namespace,
-                name=given,
-                actors=int(state.get("num_subjects", 0)),
-                events=int(state.get("messages", 0)),
-                bytes=int(state.get("bytes", 0)),
-                metadata=from_metadata,
-            )
-        )
-    rows = [replace(row, snapshots=snapshots.get(row.stream, 0)) for row in rows]
-    rows.sort(key=lambda row: (row.namespace, row.name, row.stream))
-    return rows
+        return await admin(nc).list_streams()
