@@ -148,7 +148,10 @@ class ConnectionSettings:
         return {"tls_ca": self.tls_ca, "tls_cert": self.tls_cert, "tls_key": self.tls_key}
 
 
-_DEFAULT_URL_HELP = f"NATS server URL(s), comma-separated [env NATS_URL; default {DEFAULT_URL}]."
+_DEFAULT_URL_HELP = (
+    f"NATS server URL(s), comma-separated: nats://, tls://, ws:// or wss:// [env NATS_URL; "
+    f"default {DEFAULT_URL}]."
+)
 
 
 @overload
