@@ -29,6 +29,7 @@ from aether import (
     InvalidEventError,
     JetStreamError,
     JetStreamNotEnabledError,
+    ReplayError,
     StoreUnavailableError,
     StreamExistsError,
     StreamNotFoundError,
@@ -455,19 +456,20 @@ def test_events_prints_each_row_as_it_is_read(
     name = streams.name()
     run(lambda: streams.seed(name, [ev("acc", v) for v in range(1, 31)]))
     order: list[str] = []
-    iter_events = JetStreamEventStore.iter_events
+    iter_events = JetStreamEventStore.iter_events_with_errors
 
     async def recording(
         self: JetStreamEventStore, actor_id: str, from_version: int = 0
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncIterator[Event | ReplayError]:
         async for event in iter_events(self, actor_id, from_version):
+            assert isinstance(event, Event)
             order.append(f"read {event.version}")
             yield event
 
     def echo(message: object = None, *args: Any, **kwargs: Any) -> None:
         order.append(f"printed {str(message).split()[0]}")
 
-    monkeypatch.setattr(JetStreamEventStore, "iter_events", recording)
+    monkeypatch.setattr(JetStreamEventStore, "iter_events_with_errors", recording)
     monkeypatch.setattr("aether.cli.events.click.echo", echo)
     result = aether("events", "acc", "-s", name, url=nats_url)
     assert result.exit_code == 0, result.output
@@ -565,8 +567,10 @@ def test_events_skips_malformed_messages(streams: Streams, nats_url: str) -> Non
         await streams.seed(name, [ev("acc", 2)])
 
     run(setup)
-    rows = _rows(aether("events", "acc", "-s", name, url=nats_url))
-    assert [row[0] for row in rows] == ["1", "2"]
+    result = aether("events", "acc", "-s", name, url=nats_url)
+    assert [row[0] for row in _rows(result)] == ["1", "2"]
+    # Said once on stderr, with where the message is.
+    assert result.stderr.count("skipped malformed message at stream sequence 2") == 1
     as_json = aether("events", "acc", "-s", name, "--json", url=nats_url)
     assert [e["version"] for e in json_lines(as_json)] == [1, 2]
 

@@ -356,6 +356,15 @@ async def test_malformed_foreign_messages_are_skipped_and_reported(
     assert result.errors[0].raw_data == b"{not json"
     assert all(isinstance(err.error, ValueError) for err in result.errors)
     assert [e.version for e in await js_store.get_events("acc")] == [1, 2]
+    # Streamed, the same items in stream order.
+    streamed = [item async for item in js_store.iter_events_with_errors("acc")]
+    assert [getattr(i, "version", None) or i.sequence_number for i in streamed] == [
+        1,
+        2,
+        bad_json.seq,
+        wrong_actor.seq,
+        missing_field.seq,
+    ]
 
     # The newest message is malformed: the newest valid version is still reported, and the
     # actor stays writable.

@@ -1,8 +1,9 @@
 """``aether events``: one actor's history, streamed as aligned text rows or JSON lines.
 
-Read through the store's ``iter_events``, so what is shown is what an application
-replaying the actor would get (messages that are not valid events are skipped, as
-``iter_events`` does), and each row is printed as it arrives: the first line of a long
+Read through the store's ``iter_events_with_errors``, so what is shown is what an
+application replaying the actor would get (a message that is not a valid event is
+skipped, with a note on stderr giving its stream sequence), and each row is printed as
+it arrives: the first line of a long
 history appears at once and memory stays bounded whatever its length. ``--limit N``
 stops after the first N events; ``--last N`` shows the newest N, reading only them
 (from ``get_latest_version``: versions may have gaps, so the window is widened until
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import click
 
-from aether.event import Event
+from aether import Event, ReplayError
 from aether.store import JetStreamEventStore
 
 from ._connect import ConnectionSettings, connection_options, session
@@ -97,13 +98,20 @@ async def _show(
         if latest == 0:
             raise NotFoundError(f"actor {actor!r} has no events in stream {opened.describe()}")
         width = len(str(latest))
+        rows: AsyncIterator[Event | ReplayError]
         if last is not None:
             rows = _newest(store, actor, from_version, last, latest)
         else:
-            rows = store.iter_events(actor, from_version)
+            rows = store.iter_events_with_errors(actor, from_version)
         shown = 0
         async with _closing(rows):
             async for event in rows:
+                if isinstance(event, ReplayError):
+                    note(
+                        f"skipped malformed message at stream sequence "
+                        f"{event.sequence_number}: {event.error}"
+                    )
+                    continue
                 if as_json:
                     echo_json(event.to_json())
                 else:
@@ -141,7 +149,7 @@ async def _newest(
 
 
 @contextlib.asynccontextmanager
-async def _closing(items: AsyncIterator[Event]) -> AsyncIterator[None]:
+async def _closing(items: AsyncIterator[Event | ReplayError]) -> AsyncIterator[None]:
     """Close *items* on leaving (an early ``break`` releases the store's consumer)."""
     try:
         yield

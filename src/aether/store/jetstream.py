@@ -627,13 +627,23 @@ class JetStreamEventStore:
         Leaving the loop early releases the server-side consumer once the iterator is
         closed (``contextlib.aclosing``, or garbage collection).
         """
-        _rules.check_read(actor_id, from_version)
-        subject = self.subject_for(actor_id)
-        start = await self._seek(actor_id, subject, from_version)
-        items = self._decoded(actor_id, subject, start)
+        items = await self._messages_from(actor_id, from_version)
         async with contextlib.aclosing(items):
             async for item in items:
                 if isinstance(item, Event) and item.version >= from_version:
+                    yield item
+
+    async def iter_events_with_errors(
+        self, actor_id: str, from_version: int = 0
+    ) -> AsyncIterator[Event | ReplayError]:
+        """:meth:`iter_events`, plus a ReplayError for each malformed message read, in
+        stream order: :meth:`get_events_with_errors` streamed, in bounded memory. With
+        ``from_version > 1`` the replay may start past older messages, whose errors are
+        then not reported."""
+        items = await self._messages_from(actor_id, from_version)
+        async with contextlib.aclosing(items):
+            async for item in items:
+                if isinstance(item, ReplayError) or item.version >= from_version:
                     yield item
 
     async def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
@@ -642,18 +652,23 @@ class JetStreamEventStore:
 
     async def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
         """The events with ``version >= from_version`` and a ReplayError per malformed
-        message read. With ``from_version > 1`` the replay may start past older messages
-        (see :meth:`iter_events`), whose errors are then not reported."""
-        _rules.check_read(actor_id, from_version)
+        message read (:meth:`iter_events_with_errors` collected)."""
         result = ReplayResult()
-        subject = self.subject_for(actor_id)
-        start = await self._seek(actor_id, subject, from_version)
-        async for item in self._decoded(actor_id, subject, start):
+        async for item in self.iter_events_with_errors(actor_id, from_version):
             if isinstance(item, ReplayError):
                 result.errors.append(item)
-            elif item.version >= from_version:
+            else:
                 result.events.append(item)
         return result
+
+    async def _messages_from(
+        self, actor_id: str, from_version: int
+    ) -> AsyncGenerator[Event | ReplayError, None]:
+        """The decoded messages of the actor's subject from where *from_version* starts."""
+        _rules.check_read(actor_id, from_version)
+        subject = self.subject_for(actor_id)
+        start = await self._seek(actor_id, subject, from_version)
+        return self._decoded(actor_id, subject, start)
 
     async def _seek(self, actor_id: str, subject: str, from_version: int) -> int:
         """The stream sequence to replay from so as to see every ``version >= from_version``:

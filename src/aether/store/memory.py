@@ -84,18 +84,35 @@ class InMemoryEventStore:
             yield event
 
     async def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+        result = ReplayResult()
+        for item in self._read(actor_id, from_version):
+            if isinstance(item, ReplayError):
+                result.errors.append(item)
+            else:
+                result.events.append(item)
+        return result
+
+    async def iter_events_with_errors(
+        self, actor_id: str, from_version: int = 0
+    ) -> AsyncIterator[Event | ReplayError]:
+        """As :meth:`JetStreamEventStore.iter_events_with_errors
+        <aether.store.JetStreamEventStore.iter_events_with_errors>`."""
+        for item in self._read(actor_id, from_version):
+            yield item
+
+    def _read(self, actor_id: str, from_version: int) -> list[Event | ReplayError]:
         _rules.check_read(actor_id, from_version)
         with self._lock:
             history = list(self._events.get(actor_id, ()))
-        result = ReplayResult()
+        items: list[Event | ReplayError] = []
         for position, encoded in enumerate(history, start=1):
             if encoded.version < from_version:
                 continue
             try:
-                result.events.append(_rules.decode_event(encoded.payload))
+                items.append(_rules.decode_event(encoded.payload))
             except ValueError as exc:  # unreachable for events this store encoded itself
-                result.errors.append(ReplayError(position, encoded.payload, exc))
-        return result
+                items.append(ReplayError(position, encoded.payload, exc))
+        return items
 
     async def get_latest_version(self, actor_id: str) -> int:
         _rules.check_read(actor_id)
