@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -17,7 +18,7 @@ from aether import (
     StreamNotFoundError,
     UnsuitableStreamError,
 )
-from aether.admin import StreamAdmin, StreamRef
+from aether.admin import StreamAdmin, StreamInfo, StreamRef
 from aether.event import ActorSnapshot
 from aether.store import InvalidConfigError, JetStreamConfig, JetStreamEventStore
 from aether.testing import NatsServer
@@ -228,3 +229,74 @@ async def test_a_server_without_jetstream_is_reported_at_once() -> None:
                     await call
         finally:
             await client.close()
+
+
+async def test_concurrent_creations_of_one_stream_exactly_one_wins(admin: StreamAdmin) -> None:
+    ref = StreamRef(unique("adm"))
+    # The same settings: the server alone would accept both (a create is idempotent).
+    results = await asyncio.gather(
+        *(admin.create_stream(ref) for _ in range(4)), return_exceptions=True
+    )
+    created = [r for r in results if isinstance(r, StreamInfo)]
+    refused = [r for r in results if isinstance(r, StreamExistsError)]
+    assert (len(created), len(refused)) == (1, 3), results
+    await admin.delete_stream(ref)
+
+
+async def test_leftover_snapshots_block_a_creation_instead_of_joining_it(
+    admin: StreamAdmin, nc: Client
+) -> None:
+    ref = StreamRef(unique("adm"))
+    await admin.create_stream(ref)
+    store = await JetStreamEventStore.open(nc, ref.name)
+    await store.save_event(Event("Opened", "acc", 1))
+    await store.save_snapshot(ActorSnapshot("acc", 1, {"balance": 99}))
+    await store.close()
+    # An interrupted deletion of the events stream only: its snapshots must not join a
+    # new stream of the same name, where "acc" has no events.
+    await nc.jetstream().delete_stream(ref.stream_name)
+    with pytest.raises(StreamExistsError) as info:
+        await admin.create_stream(ref)
+    assert info.value.stream_name == f"{ref.stream_name}_snapshots"
+    with pytest.raises(StreamNotFoundError):
+        await admin.stream_info(ref)  # nothing was created
+    await nc.jetstream().delete_stream(f"{ref.stream_name}_snapshots")
+
+
+async def test_a_stream_whose_window_only_suits_quick_writers_is_still_administered(
+    admin: StreamAdmin,
+) -> None:
+    ref = StreamRef(unique("adm"))
+    quick = JetStreamConfig(
+        request_timeout=timedelta(seconds=1),
+        retry_deadline=timedelta(seconds=5),
+        duplicate_window=timedelta(seconds=10),
+    )
+    created = await admin.create_stream(ref, quick)
+    assert created.settings.duplicate_window == timedelta(seconds=10)
+    assert (await admin.stream_info(ref)).stream_name == ref.stream_name
+    assert (await admin.list_actors(ref)).actors == []
+    patient = StreamAdmin(admin._nc, retry_deadline=timedelta(minutes=5))
+    assert (await patient.list_actors(ref)).matching == 0
+    await admin.delete_stream(ref)
+
+
+async def test_only_streams_a_store_can_open_are_listed(admin: StreamAdmin, nc: Client) -> None:
+    base = unique("adm")
+    original = await admin.create_stream(StreamRef(base))
+    js = nc.jetstream()
+    # A copy carrying the original's metadata: no store uses it, and deleting its
+    # listed pair would delete the original.
+    config = original.settings.metadata
+    await js.add_stream(
+        name=f"{base}-copy", subjects=[f"{base}-copy.events.>"], metadata=dict(config)
+    )
+    # Go Aether's layout under a name no store can be opened on.
+    await js.add_stream(name=f"{base}__v2", subjects=[f"{base}__v2.events.>"])
+    listed = [s for s in await admin.list_streams() if base in s.stream_name]
+    assert [s.stream_name for s in listed] == [base]
+    for info in listed:
+        assert (await admin.stream_info(info.ref)).stream_name == info.stream_name
+    await admin.delete_stream(original.ref)
+    await js.delete_stream(f"{base}-copy")
+    await js.delete_stream(f"{base}__v2")

@@ -17,12 +17,14 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from aether import Event
 from aether.errors import (
     AetherError,
     JetStreamError,
     StreamNotFoundError,
     UnsuitableStreamError,
 )
+from aether.store import JetStreamEventStore
 from aether.store._jsapi import NS_PER_SECOND, JsApi
 from aether.store._provision import (
     StreamSettings,
@@ -44,6 +46,20 @@ from ._stores import unique
 
 CONFIG = JetStreamConfig(storage="memory")
 NS = NS_PER_SECOND
+
+
+#: A store whose retries fit in a 10 s duplicate window.
+CONFIG_QUICK = JetStreamConfig(
+    request_timeout=timedelta(seconds=1), retry_deadline=timedelta(seconds=5)
+)
+
+
+async def find_settings(
+    api: JsApi, namespace: str, name: str, config: JetStreamConfig | None
+) -> tuple[StreamSettings, StreamSettings | None]:
+    """:func:`find`'s streams as their settings."""
+    events, snapshots = await find(api, namespace, name, config)
+    return events.settings, None if snapshots is None else snapshots.settings
 
 
 class Streams:
@@ -140,7 +156,7 @@ async def test_provision_creates_both_streams(streams: Streams) -> None:
     again, again_snapshots = await streams.provision("tenant.a", name)
     assert again == events
     assert again_snapshots == snapshots
-    assert await find(streams.api, "tenant.a", name, CONFIG) == (events, snapshots)
+    assert await find_settings(streams.api, "tenant.a", name, CONFIG) == (events, snapshots)
 
 
 async def test_settings_from_the_server_answer(streams: Streams) -> None:
@@ -210,13 +226,13 @@ async def test_a_stream_created_meanwhile_is_checked(streams: Streams) -> None:
 async def test_find_creates_nothing(streams: Streams) -> None:
     name = unique("find")
     with pytest.raises(StreamNotFoundError) as info:
-        await find(streams.api, "ns", name, CONFIG)
+        await find_settings(streams.api, "ns", name, CONFIG)
     assert info.value.stream_name == real_stream_name("ns", name)
     assert await streams.info(real_stream_name("ns", name)) is None
     # An events stream without a snapshot stream: found, snapshots None.
     real = real_stream_name("", name)
     await streams.create({"name": real, "subjects": [f"{real}.events.>"]})
-    events, snapshots = await find(streams.api, "", name, CONFIG)
+    events, snapshots = await find_settings(streams.api, "", name, CONFIG)
     assert events.name == real
     assert snapshots is None
     assert await streams.info(f"{real}_snapshots") is None
@@ -337,7 +353,7 @@ async def test_unsuitable_events_stream_is_refused(streams: Streams, case: str) 
             if attempt == "provision":
                 await provision(streams.api, "", name, CONFIG, atomic=True)
             else:
-                await find(streams.api, "", name, CONFIG)
+                await find_settings(streams.api, "", name, CONFIG)
         error = info.value
         assert isinstance(error, AetherError)
         assert error.stream_name == name
@@ -368,7 +384,38 @@ async def test_duplicate_window_is_judged_by_the_config(streams: Streams) -> Non
     events, _ = await streams.provision("", name, quick)  # 10 s >= 5 s + 1 s: fine
     assert events.duplicate_window == timedelta(seconds=10)
     with pytest.raises(UnsuitableStreamError, match=r"duplicate_window: is 10s.*32s"):
-        await find(streams.api, "", name, CONFIG)  # the default needs 30 s + 2 s
+        await find_settings(streams.api, "", name, CONFIG)  # the default needs 30 s + 2 s
+    # Without a config (readers, the admin API) the window is not judged.
+    events, _ = await find_settings(streams.api, "", name, None)
+    assert events.duplicate_window == timedelta(seconds=10)
+
+
+async def test_attach_reads_a_stream_with_a_short_window_but_refuses_to_append(
+    streams: Streams,
+) -> None:
+    name = unique("win")
+    await streams.create(
+        {
+            "name": name,
+            "subjects": [f"{name}.events.>"],
+            "duplicate_window": 10 * NS,
+            "allow_atomic": True,
+        }
+    )
+    writer = await JetStreamEventStore.attach(streams.nc, name, CONFIG_QUICK)
+    await writer.save_event(Event("Opened", "acc", 1))  # 10 s covers 5 s + 1 s of retries
+    store = await JetStreamEventStore.attach(streams.nc, name, CONFIG)  # needs 32 s
+    assert [e.version for e in await store.get_events("acc")] == [1]
+    assert await store.get_latest_version("acc") == 1
+    for append in (
+        store.save_event(Event("Deposited", "acc", 2)),
+        store.save_events([Event("Deposited", "acc", 2), Event("Deposited", "acc", 3)]),
+    ):
+        with pytest.raises(UnsuitableStreamError, match="duplicate_window"):
+            await append
+    assert await store.get_latest_version("acc") == 1  # nothing written
+    await store.close()
+    await writer.close()
 
 
 @pytest.mark.parametrize(
@@ -447,7 +494,7 @@ async def _legacy(streams: Streams, namespace: str, name: str, *, metadata: bool
 async def test_legacy_stream_is_used_by_its_own_pair(streams: Streams) -> None:
     acme = unique("acme")
     legacy = await _legacy(streams, acme, "prod_orders")
-    events, snapshots = await find(streams.api, acme, "prod_orders", CONFIG)
+    events, snapshots = await find_settings(streams.api, acme, "prod_orders", CONFIG)
     assert events.name == legacy
     assert snapshots is None
     events, snapshots = await streams.provision(acme, "prod_orders")
@@ -465,7 +512,7 @@ async def test_legacy_stream_is_not_handed_to_a_colliding_pair(
     legacy = await _legacy(streams, acme, "prod_orders")
     before = _state(await streams.info(legacy))
     with pytest.raises(StreamNotFoundError):
-        await find(streams.api, f"{acme}_prod", "orders", CONFIG)
+        await find_settings(streams.api, f"{acme}_prod", "orders", CONFIG)
     events, _ = await streams.provision(f"{acme}_prod", "orders")
     assert events.name == real_stream_name(f"{acme}_prod", "orders") != legacy
     assert (await streams.info(events.name) or {})["state"]["messages"] == 0
@@ -480,7 +527,7 @@ async def test_ambiguous_legacy_streams_are_not_used(streams: Streams, metadata:
     namespace = f"{unique('t')}.eu"
     legacy = await _legacy(streams, namespace, "orders", metadata=metadata)
     with pytest.raises(StreamNotFoundError):
-        await find(streams.api, namespace, "orders", CONFIG)
+        await find_settings(streams.api, namespace, "orders", CONFIG)
     events, _ = await streams.provision(namespace, "orders")
     assert events.name != legacy
 

@@ -32,21 +32,20 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from aether.errors import StreamExistsError, StreamNotFoundError
+from aether.errors import StreamNotFoundError
 from aether.store._jsapi import (
     JsApi,
     atomic_publish_supported,
     require_jetstream,
 )
-from aether.store._provision import StreamSettings, find, find_legacy, provision
+from aether.store._provision import Stream, StreamSettings, create, find, owner
 from aether.store._subjects import (
     META_KIND,
-    META_NAMESPACE,
-    META_STREAM,
     NAMESPACE_SEPARATOR,
     SNAPSHOTS_SUFFIX,
     decode_actor_token,
     encode_actor_id,
+    legacy_stream_name,
     parse_stream_name,
     real_stream_name,
 )
@@ -55,9 +54,6 @@ from aether.store.jetstream import JetStreamEventStore
 
 __all__ = ["ActorInfo", "ActorListing", "StreamAdmin", "StreamInfo", "StreamRef"]
 
-#: What an existing stream is checked against: a stream a store with the default
-#: configuration could use (see ``JetStreamEventStore.open``).
-_STORE_DEFAULTS = JetStreamConfig()
 #: get_latest_version requests in flight at once while listing actors.
 _ACTOR_READS_IN_FLIGHT = 64
 
@@ -122,13 +118,16 @@ class StreamInfo:
       ``stream_name``: the JetStream stream.
     - ``settings``: its real settings (retention as ``settings.max_age``, None meaning
       forever; replicas, storage, duplicate window, limits, creation time).
-    - ``actors``: subjects holding messages (one per actor); ``events``: messages;
-      ``bytes``: bytes stored; ``first_position``/``last_position``: the stream sequences
-      of its first and last message (0 when empty).
+    - ``actors``: subjects holding messages (one per actor; a foreign writer's subjects
+      count too, see :attr:`ActorListing.skipped_subjects`); ``events``: messages;
+      ``bytes``: bytes stored; ``first_position``: the stream sequence (an event's
+      ``position``) of its first message, 0 when empty; ``last_position``: the last
+      sequence the stream assigned (after a purge, that of a message no longer there).
     - ``snapshot_stream``: its snapshot stream, None if it has none; ``snapshots``: the
       snapshots stored there (one per actor at most).
     - ``has_metadata``: False for a stream recognised only by its subjects
       (``<name>.events.>``): made by Go Aether or an early aether.
+    - :attr:`ref`: the pair to name it with in the admin methods and ``open``.
     """
 
     namespace: str
@@ -214,10 +213,12 @@ class StreamAdmin:
     async def list_streams(self) -> list[StreamInfo]:
         """Every aether event stream on the server, sorted by (namespace, name).
 
-        A stream is aether's if its metadata says ``aether.kind = events``, or, without
-        aether metadata, if its only subjects are ``<name>.events.>``. Snapshot streams are
-        not listed on their own: see :attr:`StreamInfo.snapshots`. One request per page of
-        the server's stream list.
+        A stream is aether's if its metadata says ``aether.kind = events`` and names the
+        pair whose store uses it (so a copy of a stream under another name is not
+        listed), or, without aether metadata, if its only subjects are
+        ``<name>.events.>`` and a store can be opened on *name* (Go Aether's layout).
+        Snapshot streams are not listed on their own: see :attr:`StreamInfo.snapshots`.
+        One request per page of the server's stream list.
         """
         await self.check_jetstream()
         infos: list[Mapping[str, Any]] = []
@@ -230,31 +231,29 @@ class StreamAdmin:
         by_name = {str(info["config"]["name"]): info for info in infos}
         found = []
         for name, info in by_name.items():
-            owner = _event_stream_owner(info)
-            if owner is not None:
-                namespace, given, has_metadata = owner
+            stream = Stream.from_info(info)
+            pair = _store_of(stream.settings)
+            if pair is not None:
                 snapshots = by_name.get(name + SNAPSHOTS_SUFFIX)
-                found.append(_stream_info(namespace, given, info, snapshots, has_metadata))
+                found.append(
+                    _stream_info(
+                        *pair, stream, None if snapshots is None else Stream.from_info(snapshots)
+                    )
+                )
         found.sort(key=lambda s: (s.namespace, s.name, s.stream_name))
         return found
 
     async def stream_info(self, ref: StreamRef) -> StreamInfo:
         """The events stream of *ref* (found as a store finds it, an older aether's
-        stream included), with its snapshot stream's count.
+        stream included), with its snapshot stream's count. Two requests, at once.
 
         Raises StreamNotFoundError if there is none, UnsuitableStreamError if the stream
-        of that name is not one a store could use.
+        of that name is not one a store could use (the duplicate window aside: that
+        depends on the writers' retry settings, which the admin does not know).
         """
         await self.check_jetstream()
-        events, snapshots = await find(self._api, ref.namespace, ref.name, _STORE_DEFAULTS)
-        event_info, snapshot_info = await asyncio.gather(
-            self._info(events.name),
-            self._info(snapshots.name) if snapshots is not None else _none(),
-        )
-        if event_info is None:  # deleted between the two requests
-            raise StreamNotFoundError(events.name)
-        has_metadata = META_KIND in events.metadata
-        return _stream_info(ref.namespace, ref.name, event_info, snapshot_info, has_metadata)
+        events, snapshots = await find(self._api, ref.namespace, ref.name, None)
+        return _stream_info(ref.namespace, ref.name, events, snapshots)
 
     async def create_stream(
         self, ref: StreamRef, config: JetStreamConfig | None = None
@@ -264,42 +263,39 @@ class StreamAdmin:
         ``storage`` and ``duplicate_window`` (``config.namespace`` is not used: *ref*
         names the pair).
 
-        Raises StreamExistsError if the events stream exists (an older aether's for the
-        pair included): an existing stream's settings are changed only by its operator.
-        Two concurrent creations of the same stream may both succeed.
+        Raises StreamExistsError if the events stream (an older aether's for the pair
+        included) or the snapshot stream exists, also when a concurrent creation of the
+        same stream wins (even with the same settings): exactly one creation succeeds,
+        and an existing stream's settings are changed only by its operator.
         """
         await self.check_jetstream()
-        config = config or JetStreamConfig()
-        if await self._info(ref.stream_name) is not None:
-            raise StreamExistsError(ref.stream_name)
-        legacy = await find_legacy(self._api, ref.namespace, ref.name)
-        if legacy is not None:
-            raise StreamExistsError(legacy.settings.name)
-        await provision(
+        events, snapshots = await create(
             self._api,
             ref.namespace,
             ref.name,
-            config,
+            config or JetStreamConfig(),
             atomic=atomic_publish_supported(self._nc),
         )
-        return await self.stream_info(ref)
+        return _stream_info(ref.namespace, ref.name, events, snapshots)
 
     async def delete_stream(self, ref: StreamRef) -> StreamInfo:
-        """Delete *ref*'s events stream and its snapshot stream: every event and snapshot
-        of the store, irrevocably. Returns the stream as it was just before.
+        """Delete *ref*'s snapshot stream, then its events stream: every snapshot and
+        event of the store, irrevocably. Returns the stream as it was just before.
 
-        Only a stream a store could use is deleted: raises StreamNotFoundError if there is
-        none and UnsuitableStreamError if the stream of that name is not aether's (the
-        operator deletes such a stream with NATS's own tools). Live stores on the stream
-        notice through JetStream's advisories and raise StreamNotFoundError.
+        Snapshots go first, so that an interrupted deletion never leaves snapshots of
+        deleted events for a new stream of the same name to pick up. Only a stream a
+        store could use is deleted: raises StreamNotFoundError if there is none and
+        UnsuitableStreamError if the stream of that name is not aether's (the operator
+        deletes such a stream with NATS's own tools). Live stores on the stream hear of
+        the deletion through JetStream's advisories and drop their caches: their reads
+        and appends then raise StreamNotFoundError, until a store's ``open`` creates the
+        stream anew, which they then use as it is.
         """
         info = await self.stream_info(ref)
-        await self._api.call(f"STREAM.DELETE.{info.stream_name}", stream=info.stream_name)
-        if info.snapshot_stream is not None:
-            with contextlib.suppress(StreamNotFoundError):  # deleted meanwhile: done too
-                await self._api.call(
-                    f"STREAM.DELETE.{info.snapshot_stream}", stream=info.snapshot_stream
-                )
+        for name in (info.snapshot_stream, info.stream_name):
+            if name is not None:
+                with contextlib.suppress(StreamNotFoundError):  # deleted meanwhile: done too
+                    await self._api.call(f"STREAM.DELETE.{name}", stream=name)
         return info
 
     async def list_actors(
@@ -316,14 +312,14 @@ class StreamAdmin:
         """
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be None or >= 0, got {limit}")
-        await self.check_jetstream()
         config = JetStreamConfig(
             namespace=ref.namespace,
             request_timeout=self._request_timeout,
             retry_deadline=self._retry_deadline,
-            # Only checked against the stream's: a read-only store writes nothing.
+            # The config's own rule (window >= retries); this store never appends, so the
+            # stream's window is never judged (attach checks it at the first append).
             duplicate_window=max(
-                _STORE_DEFAULTS.duplicate_window, self._request_timeout + self._retry_deadline
+                JetStreamConfig().duplicate_window, self._request_timeout + self._retry_deadline
             ),
         )
         async with await JetStreamEventStore.attach(self._nc, ref.name, config) as store:
@@ -363,54 +359,49 @@ class StreamAdmin:
             if not page or len(counts) >= int(answer.get("total", 0)):
                 return counts
 
-    async def _info(self, name: str) -> Mapping[str, Any] | None:
-        """The STREAM.INFO answer for *name*, None if there is no such stream."""
+
+def _store_of(settings: StreamSettings) -> tuple[str, str] | None:
+    """The (namespace, name) of the store whose events stream *settings* is, if any: the
+    pair in its aether metadata if that pair's store uses this stream, else for a stream
+    without aether metadata holding only ``<name>.events.>``, ``("", name)`` if a store
+    can be opened on *name*."""
+    name = settings.name
+    found = owner(settings)
+    if found is not None:
+        kind, namespace, stream_name = found
         try:
-            return await self._api.call(f"STREAM.INFO.{name}", stream=name)
-        except StreamNotFoundError:
+            names = {real_stream_name(namespace, stream_name)}
+        except ValueError:
             return None
+        names.add(legacy_stream_name(namespace, stream_name) or "")
+        return (namespace, stream_name) if kind == "events" and name in names else None
+    if settings.subjects != (f"{name}.events.>",):
+        return None
+    try:
+        real_stream_name("", name)
+    except ValueError:  # e.g. "orders__v2": no store can be opened on it
+        return None
+    return "", name
 
 
-async def _none() -> None:
-    return None
-
-
-def _event_stream_owner(info: Mapping[str, Any]) -> tuple[str, str, bool] | None:
-    """(namespace, name, has_metadata) if *info* is an aether events stream, else None."""
-    config: Mapping[str, Any] = info.get("config") or {}
-    name = str(config.get("name", ""))
-    metadata: Mapping[str, str] = config.get("metadata") or {}
-    kind = metadata.get(META_KIND)
-    if kind == "events":
-        return metadata.get(META_NAMESPACE, ""), metadata.get(META_STREAM) or name, True
-    if kind is None and list(config.get("subjects") or []) == [f"{name}.events.>"]:
-        return "", name, False
-    return None
-
-
-def _stream_info(
-    namespace: str,
-    name: str,
-    events: Mapping[str, Any],
-    snapshots: Mapping[str, Any] | None,
-    has_metadata: bool,
-) -> StreamInfo:
-    state: Mapping[str, Any] = events.get("state") or {}
-    settings = StreamSettings.from_info(events)
-    snapshot_state: Mapping[str, Any] = (snapshots or {}).get("state") or {}
+def _stream_info(namespace: str, name: str, events: Stream, snapshots: Stream | None) -> StreamInfo:
+    state: Mapping[str, Any] = events.info.get("state") or {}
+    snapshot_state: Mapping[str, Any] = (
+        {} if snapshots is None else snapshots.info.get("state") or {}
+    )
     return StreamInfo(
         namespace=namespace,
         name=name,
-        stream_name=settings.name,
-        settings=settings,
+        stream_name=events.settings.name,
+        settings=events.settings,
         actors=int(state.get("num_subjects", 0)),
         events=int(state.get("messages", 0)),
         bytes=int(state.get("bytes", 0)),
         first_position=int(state.get("first_seq", 0)) if state.get("messages") else 0,
         last_position=int(state.get("last_seq", 0)),
-        snapshot_stream=None if snapshots is None else str(snapshots["config"]["name"]),
+        snapshot_stream=None if snapshots is None else snapshots.settings.name,
         snapshots=int(snapshot_state.get("messages", 0)),
-        has_metadata=has_metadata,
+        has_metadata=META_KIND in events.settings.metadata,
     )
 
 

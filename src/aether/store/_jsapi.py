@@ -123,9 +123,12 @@ class JsApi:
             if deadline is None:
                 deadline = now + self.retry_deadline
             elif now >= deadline:
+                # A publish the user's permissions forbid also goes unanswered (nats-py
+                # reports the violation only to the connection's error callback).
+                hint = "; or not permitted" if isinstance(failure, asyncio.TimeoutError) else ""
                 raise StoreUnavailableError(
                     f"no answer from JetStream within {self.retry_deadline:g}s "
-                    f"(last failure: {type(failure).__name__})"
+                    f"(last failure: {type(failure).__name__}{hint})"
                 ) from failure
             if stream is not None and isinstance(failure, nats.errors.NoRespondersError):
                 await self._raise_if_stream_missing(stream)

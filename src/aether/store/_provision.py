@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from aether.errors import JetStreamError, StreamNotFoundError, UnsuitableStreamError
+from aether.errors import (
+    JetStreamError,
+    StreamExistsError,
+    StreamNotFoundError,
+    UnsuitableStreamError,
+)
 from aether.store._jsapi import (
     STREAM_CREATE_FAILED,
     STREAM_NAME_IN_USE,
@@ -30,6 +36,7 @@ from aether.store._jsapi import (
 )
 from aether.store._subjects import (
     MAX_STREAM_NAME_LENGTH,
+    META_CREATION,
     META_KIND,
     META_NAMESPACE,
     META_STREAM,
@@ -44,8 +51,10 @@ __all__ = [
     "StreamSettings",
     "check_events_stream",
     "check_snapshot_stream",
+    "create",
     "find",
     "find_legacy",
+    "owner",
     "provision",
 ]
 
@@ -134,9 +143,19 @@ class StreamSettings:
         )
 
 
-class _Stream(NamedTuple):
+class Stream(NamedTuple):
+    """A stream as the server answered STREAM.INFO (or CREATE/UPDATE) about it."""
+
     settings: StreamSettings
-    config: dict[str, Any]  # the raw configuration, for STREAM.UPDATE
+    info: Mapping[str, Any]  # the whole answer: ``config`` (for STREAM.UPDATE), ``state``
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.info["config"])
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> Stream:
+        return cls(StreamSettings.from_info(info), info)
 
 
 async def provision(
@@ -159,57 +178,72 @@ async def provision(
         if legacy is not None:
             name = legacy.settings.name
             events, snapshots = legacy, await _info(api, name + SNAPSHOTS_SUFFIX)
-    snapshot_name = name + SNAPSHOTS_SUFFIX
     if events is not None:
         check_events_stream(events.settings, namespace, stream_name, config)
     if snapshots is not None:
         check_snapshot_stream(snapshots.settings, name, namespace, stream_name)
-    common = {
-        "retention": "limits",
-        "discard": "old",
-        "storage": config.storage,
-        "num_replicas": config.replica_count,
-    }
     if events is None:
-        retention = config.stream_retention
-        body = {
-            "name": name,
-            "subjects": [f"{name}.events.>"],
-            "max_age": 0 if retention is None else _ns(retention),
-            "duplicate_window": _ns(config.duplicate_window),
-            **({"allow_atomic": True} if atomic else {}),
-            "metadata": stream_metadata("events", namespace, stream_name),
-            **common,
-        }
         events = await _create(
-            api, body, lambda s: check_events_stream(s, namespace, stream_name, config)
+            api,
+            _events_body(name, namespace, stream_name, config, atomic),
+            lambda s: check_events_stream(s, namespace, stream_name, config),
         )
     if snapshots is None:
-        body = {
-            "name": snapshot_name,
-            "subjects": [f"{name}.snapshots.>"],
-            "max_msgs_per_subject": 1,
-            "metadata": stream_metadata("snapshots", namespace, stream_name),
-            **common,
-        }
         snapshots = await _create(
-            api, body, lambda s: check_snapshot_stream(s, name, namespace, stream_name)
+            api,
+            _snapshots_body(name, namespace, stream_name, config),
+            lambda s: check_snapshot_stream(s, name, namespace, stream_name),
         )
     if atomic and not events.settings.allow_atomic:
         answer = await api.call(f"STREAM.UPDATE.{name}", {**events.config, "allow_atomic": True})
-        events = _Stream(StreamSettings.from_info(answer), answer["config"])
+        events = Stream.from_info(answer)
     return events.settings, snapshots.settings
 
 
+async def create(
+    api: JsApi, namespace: str, stream_name: str, config: JetStreamConfig, *, atomic: bool
+) -> tuple[Stream, Stream]:
+    """Create the store's (events, snapshots) streams as :func:`provision` would, but only
+    if neither exists; for the admin API.
+
+    Raises StreamExistsError if the events stream (or a legacy one for the pair) or the
+    snapshot stream exists, or if another creation of the events stream wins a race
+    with this one: its body carries a token of its own, so even an identical concurrent
+    creation is told apart (the server refuses a different body under a taken name).
+    A snapshot stream created meanwhile by a store opening the new events stream is used.
+    """
+    name = real_stream_name(namespace, stream_name)
+    events, snapshots = await _infos(api, name)
+    legacy = None if events is not None else await find_legacy(api, namespace, stream_name)
+    for existing in (events, legacy, snapshots):
+        if existing is not None:
+            raise StreamExistsError(existing.settings.name)
+    body = _events_body(name, namespace, stream_name, config, atomic)
+    body["metadata"][META_CREATION] = uuid.uuid4().hex
+    created = await _create(
+        api,
+        body,
+        lambda s: check_events_stream(s, namespace, stream_name, config),
+        exclusive=True,
+    )
+    snapshot_stream = await _create(
+        api,
+        _snapshots_body(name, namespace, stream_name, config),
+        lambda s: check_snapshot_stream(s, name, namespace, stream_name),
+    )
+    return created, snapshot_stream
+
+
 async def find(
-    api: JsApi, namespace: str, stream_name: str, config: JetStreamConfig
-) -> tuple[StreamSettings, StreamSettings | None]:
+    api: JsApi, namespace: str, stream_name: str, config: JetStreamConfig | None
+) -> tuple[Stream, Stream | None]:
     """The store's existing (events, snapshots) streams, creating and changing nothing;
-    for ``attach``. The snapshot stream is None if it does not exist.
+    for ``attach`` and the admin API. The snapshot stream is None if it does not exist.
 
     Raises StreamNotFoundError (naming the stream ``open`` would create) if there is no
     events stream, not even a legacy one for the pair, and UnsuitableStreamError as
-    :func:`provision` does.
+    :func:`provision` does, except that with *config* None the duplicate window, which
+    only matters to a store that appends with *config*'s retries, is not checked.
     """
     name = real_stream_name(namespace, stream_name)
     events, snapshots = await _infos(api, name)
@@ -221,10 +255,10 @@ async def find(
     check_events_stream(events.settings, namespace, stream_name, config)
     if snapshots is not None:
         check_snapshot_stream(snapshots.settings, events.settings.name, namespace, stream_name)
-    return events.settings, None if snapshots is None else snapshots.settings
+    return events, snapshots
 
 
-async def find_legacy(api: JsApi, namespace: str, stream_name: str) -> _Stream | None:
+async def find_legacy(api: JsApi, namespace: str, stream_name: str) -> Stream | None:
     """The events stream an older aether made for (*namespace*, *stream_name*), if any.
 
     Older versions named it ``<sanitised namespace>_<stream_name>``, a name that other
@@ -241,7 +275,7 @@ async def find_legacy(api: JsApi, namespace: str, stream_name: str) -> _Stream |
     found = await _info(api, legacy)
     if found is None:
         return None
-    if _owner(found.settings) == ("events", namespace, stream_name):
+    if owner(found.settings) == ("events", namespace, stream_name):
         return found
     _log.warning(
         "stream %r, where older aether versions kept the events of namespace %r, stream "
@@ -257,7 +291,7 @@ async def find_legacy(api: JsApi, namespace: str, stream_name: str) -> _Stream |
 
 
 def check_events_stream(
-    settings: StreamSettings, namespace: str, stream_name: str, config: JetStreamConfig
+    settings: StreamSettings, namespace: str, stream_name: str, config: JetStreamConfig | None
 ) -> None:
     """Raise UnsuitableStreamError if the store's contract cannot hold on this events
     stream (``settings.name`` is the stream the store uses).
@@ -267,7 +301,8 @@ def check_events_stream(
     ``limits`` (interest deletes what no consumer wants, workqueue refuses replays);
     a per-subject message limit (an actor's oldest events would vanish); ``discard: new``
     with any limit or per subject (appends refused once it is reached); a duplicate window
-    shorter than ``config.min_duplicate_window`` (a retried append could be stored twice).
+    shorter than ``config.min_duplicate_window`` (a retried append could be stored twice;
+    not checked without a *config*: see :func:`check_duplicate_window`).
     """
     s = settings
     _check_common(s, f"{s.name}.events.>", "events", namespace, stream_name)
@@ -291,11 +326,18 @@ def check_events_stream(
             f"is 'new' with limits ({', '.join(set_limits)}); aether needs discard 'old' "
             "or no limits: with 'new' the stream refuses every append once a limit is hit",
         )
-    if s.duplicate_window < config.min_duplicate_window:
+    if config is not None:
+        check_duplicate_window(s, config)
+
+
+def check_duplicate_window(settings: StreamSettings, config: JetStreamConfig) -> None:
+    """Raise UnsuitableStreamError if appends retried under *config* could outlive the
+    stream's duplicate window: a retry after the window closes would be stored twice."""
+    if settings.duplicate_window < config.min_duplicate_window:
         _refuse(
-            s,
+            settings,
             "duplicate_window",
-            f"is {_seconds(s.duplicate_window)}; aether needs at least "
+            f"is {_seconds(settings.duplicate_window)}; aether needs at least "
             f"{_seconds(config.min_duplicate_window)} (retry_deadline + request_timeout): "
             "an append retried after the window closes would be stored twice",
         )
@@ -344,8 +386,8 @@ def _check_common(
         _refuse(
             s, "subjects", f"the stream does not hold subjects {subjects!r} (it has {s.subjects})"
         )
-    owner = _owner(s)
-    if owner is not None and owner != (kind, namespace, stream_name):
+    stored = owner(s)
+    if stored is not None and stored != (kind, namespace, stream_name):
         _refuse(
             s,
             "metadata",
@@ -367,7 +409,7 @@ def _check_common(
         )
 
 
-def _owner(settings: StreamSettings) -> tuple[str, str, str] | None:
+def owner(settings: StreamSettings) -> tuple[str, str, str] | None:
     """(kind, namespace, stream name) in the stream's aether metadata, None if none."""
     metadata = settings.metadata
     kind = metadata.get(META_KIND)
@@ -377,10 +419,10 @@ def _owner(settings: StreamSettings) -> tuple[str, str, str] | None:
 
 
 def _describe_owner(settings: StreamSettings) -> str:
-    owner = _owner(settings)
-    if owner is None:
+    stored = owner(settings)
+    if stored is None:
         return "no aether pair"
-    kind, namespace, stream_name = owner
+    kind, namespace, stream_name = stored
     return f"the {kind} of namespace {namespace!r}, stream {stream_name!r}"
 
 
@@ -388,38 +430,84 @@ def _refuse(settings: StreamSettings, setting: str, message: str) -> None:
     raise UnsuitableStreamError(settings.name, setting, message)
 
 
-async def _infos(api: JsApi, name: str) -> tuple[_Stream | None, _Stream | None]:
+async def _infos(api: JsApi, name: str) -> tuple[Stream | None, Stream | None]:
     """The events stream *name* and its snapshot stream, asked for at once."""
     events, snapshots = await asyncio.gather(_info(api, name), _info(api, name + SNAPSHOTS_SUFFIX))
     return events, snapshots
 
 
-async def _info(api: JsApi, name: str) -> _Stream | None:
+async def _info(api: JsApi, name: str) -> Stream | None:
     try:
         answer = await api.call(f"STREAM.INFO.{name}")
     except JetStreamError as exc:
         if exc.err_code == STREAM_NOT_FOUND:
             return None
         raise
-    return _Stream(StreamSettings.from_info(answer), answer["config"])
+    return Stream.from_info(answer)
+
+
+def _common(config: JetStreamConfig) -> dict[str, Any]:
+    return {
+        "retention": "limits",
+        "discard": "old",
+        "storage": config.storage,
+        "num_replicas": config.replica_count,
+    }
+
+
+def _events_body(
+    name: str, namespace: str, stream_name: str, config: JetStreamConfig, atomic: bool
+) -> dict[str, Any]:
+    """STREAM.CREATE of an events stream: max age from ``config.stream_retention`` (none
+    when None), ``config.duplicate_window``, aether's metadata."""
+    retention = config.stream_retention
+    return {
+        "name": name,
+        "subjects": [f"{name}.events.>"],
+        "max_age": 0 if retention is None else _ns(retention),
+        "duplicate_window": _ns(config.duplicate_window),
+        **({"allow_atomic": True} if atomic else {}),
+        "metadata": stream_metadata("events", namespace, stream_name),
+        **_common(config),
+    }
+
+
+def _snapshots_body(
+    events_name: str, namespace: str, stream_name: str, config: JetStreamConfig
+) -> dict[str, Any]:
+    """STREAM.CREATE of a snapshot stream: one message (snapshot) per actor's subject."""
+    return {
+        "name": events_name + SNAPSHOTS_SUFFIX,
+        "subjects": [f"{events_name}.snapshots.>"],
+        "max_msgs_per_subject": 1,
+        "metadata": stream_metadata("snapshots", namespace, stream_name),
+        **_common(config),
+    }
 
 
 async def _create(
-    api: JsApi, body: dict[str, Any], check: Callable[[StreamSettings], None]
-) -> _Stream:
+    api: JsApi,
+    body: dict[str, Any],
+    check: Callable[[StreamSettings], None],
+    *,
+    exclusive: bool = False,
+) -> Stream:
     """Create the stream *body* describes; if another process created it meanwhile, use
-    that one once *check* (raising UnsuitableStreamError) accepts its settings."""
+    that one once *check* (raising UnsuitableStreamError) accepts its settings, or with
+    *exclusive* raise StreamExistsError."""
     name = body["name"]
     attempt = 0
     while True:
         try:
             answer = await api.call(f"STREAM.CREATE.{name}", body)
-            created = _Stream(StreamSettings.from_info(answer), answer["config"])
+            created = Stream.from_info(answer)
             # The server also answers so for an identical stream created meanwhile.
             check(created.settings)
             return created
         except JetStreamError as exc:
             if exc.err_code == STREAM_NAME_IN_USE:
+                if exclusive:
+                    raise StreamExistsError(name) from None
                 # Created meanwhile with other settings: use it if it is suitable.
                 existing = await _info(api, name)
                 if existing is not None:

@@ -68,6 +68,8 @@ META_KIND = "aether.kind"  # "events" or "snapshots"
 #: names wrote the sanitised namespace here: see :func:`legacy_stream_name`.)
 META_NAMESPACE = "aether.namespace"
 META_STREAM = "aether.stream"  # the stream name the caller gave, without namespace
+#: A token of the admin API's creation of the stream (tells concurrent creations apart).
+META_CREATION = "aether.creation"
 
 
 def stream_metadata(kind: str, namespace: str, stream_name: str) -> dict[str, str]:

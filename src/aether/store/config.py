@@ -161,7 +161,8 @@ class JetStreamConfig:
         try:
             return real_stream_name(self.namespace, stream_name)
         except (TypeError, ValueError) as exc:
-            raise InvalidConfigError("stream_name", str(exc).removeprefix("stream_name ")) from None
+            message = str(exc).removeprefix("stream_name ").removeprefix("stream name ")
+            raise InvalidConfigError("stream_name", message) from None
 
     @property
     def min_duplicate_window(self) -> timedelta:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -37,6 +38,7 @@ from aether.errors import (
     EventTooLargeError,
     InvalidEventError,
     StoreClosedError,
+    StoreUnavailableError,
     StreamNotFoundError,
     UnsupportedServerError,
     VersionConflictError,
@@ -57,7 +59,7 @@ from aether.store._jsapi import (
     raise_for_error,
     require_jetstream,
 )
-from aether.store._provision import StreamSettings, find, provision
+from aether.store._provision import StreamSettings, check_duplicate_window, find, provision
 from aether.store._replay import Replayer
 from aether.store._seek import Found, ReadAt, ReadLast, ReadNext, Start, seek
 from aether.store._snapshots import SnapshotStream, pause_if_in_flight
@@ -118,20 +120,28 @@ class JetStreamEventStore:
         self._reconnects_seen: int = nc.stats["reconnects"]
         self._advisories: Subscription | None = None
         self._closed = False
+        self._min_window = config.min_duplicate_window
 
     async def _listen(self) -> None:
         """Subscribe to the stream's advisories before the cache is used (see
         :meth:`_on_advisory`), then check the stream's identity once: it may have been
         recreated between the provisioning and the subscription. Closes the store if
-        that fails, so no subscription is left behind."""
-        # The callback holds the store weakly: a store dropped without close() is freed
-        # (cache included); only its subscription stays until the connection closes.
-        self._advisories = await self._nc.subscribe(
-            f"{_ADVISORY_PREFIX}.*.{self._stream}", cb=_advisory_callback(weakref.ref(self))
-        )
+        that fails, so no subscription is left behind. A connection that fails meanwhile
+        raises StoreUnavailableError, as a request would."""
         try:
+            # The callback holds the store weakly: a store dropped without close() is freed
+            # (cache included); only its subscription stays until the connection closes.
+            self._advisories = await self._nc.subscribe(
+                f"{_ADVISORY_PREFIX}.*.{self._stream}", cb=_advisory_callback(weakref.ref(self))
+            )
             await self._nc.flush(timeout=max(1, int(self._api.request_timeout)))
             await self._refresh_identity()
+        except (nats.errors.Error, TimeoutError) as exc:
+            await self.close()
+            raise StoreUnavailableError(
+                f"no answer from the NATS server while subscribing to the stream's "
+                f"advisories ({type(exc).__name__})"
+            ) from exc
         except BaseException:
             await self.close()
             raise
@@ -190,15 +200,23 @@ class JetStreamEventStore:
         For tools and read-only users (``aether events``, dashboards): a typo in a stream
         name must not create an empty stream, and an operator's settings are not
         touched. Only the config's namespace and client-side settings (timeouts, cache
-        size) apply. Raises StreamNotFoundError if the stream does not exist, and
-        AetherError if it does not hold aether's event subjects.
+        size) apply. Raises InvalidConfigError for a bad stream name, StreamNotFoundError
+        if the stream does not exist, and UnsuitableStreamError if it is not one a store
+        can use (as :meth:`open` does). One check waits for the first append: a stream
+        whose duplicate window is shorter than ``config.min_duplicate_window`` can be
+        read, but appends raise UnsuitableStreamError (nothing written).
         """
         config = config or JetStreamConfig()
         config.events_stream_for(stream_name)  # InvalidConfigError for a bad name
         api = api_for(nc, config)
         await require_jetstream(nc, config.request_timeout.total_seconds())
-        events, snapshots = await find(api, config.namespace, stream_name, config)
-        snapshot_stream = events.name + SNAPSHOTS_SUFFIX if snapshots is None else snapshots.name
+        # The duplicate window is checked by the first append (see _append): reading a
+        # stream whose window is too short for this config's retries is fine.
+        found, snapshots = await find(api, config.namespace, stream_name, None)
+        events = found.settings
+        snapshot_stream = (
+            events.name + SNAPSHOTS_SUFFIX if snapshots is None else snapshots.settings.name
+        )
         store = cls(nc, api, config, events, snapshot_stream, events.allow_atomic)
         await store._listen()
         return store
@@ -297,6 +315,8 @@ class JetStreamEventStore:
         actor_id = append.actor_id
         if self._closed:
             raise StoreClosedError("the store is closed: open a new one to append")
+        if self._settings.duplicate_window < self._min_window:
+            check_duplicate_window(self._settings, self._config)  # raises
         try:
             if self._nc.stats["reconnects"] != self._reconnects_seen:
                 await self._refresh_identity()  # advisories may have been missed
