@@ -164,12 +164,15 @@ class ActorListing:
 
     ``actors``: sorted by id, at most the limit asked for; ``matching``: how many actors
     matched the prefix before the limit; ``skipped_subjects``: subjects in the stream
-    that are not aether's encoding of an actor id (a foreign writer's), not listed.
+    that are not aether's encoding of an actor id (a foreign writer's), not listed;
+    ``stream_name``: the JetStream stream listed (an older aether's may be named
+    otherwise than :attr:`StreamRef.stream_name`).
     """
 
     actors: list[ActorInfo]
     matching: int
     skipped_subjects: int
+    stream_name: str
 
 
 class StreamAdmin:
@@ -343,7 +346,7 @@ class StreamAdmin:
 
             versions = await asyncio.gather(*(latest(a) for a in shown))
         actors = [ActorInfo(a, v, found[a]) for a, v in zip(shown, versions, strict=True)]
-        return ActorListing(actors, len(found), skipped)
+        return ActorListing(actors, len(found), skipped, stream)
 
     async def _subject_counts(self, stream: str, subjects: str) -> dict[str, int]:
         """Every subject of *stream* matching *subjects* and its message count."""

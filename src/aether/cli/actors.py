@@ -59,8 +59,7 @@ def actors(
         )
     if not listing.matching:
         matching = f" whose id starts with {prefix!r}" if prefix else ""
-        where = f" in namespace {ref.namespace!r}" if ref.namespace else ""
-        note(f"no actors{matching} in stream {ref.name!r}{where}")
+        note(f"no actors{matching} in stream {ref.describe(listing.stream_name)}")
     elif len(rows) < listing.matching:
         note(
             f"showing {len(rows):,} of {listing.matching:,} actors (sorted by id); "
