@@ -36,6 +36,7 @@ from typing import Any
 
 import nats
 
+import aether
 from aether import Event
 from aether.store import JetStreamConfig, JetStreamEventStore
 from aether.testing import NatsServer
@@ -222,7 +223,7 @@ def environment(nc: Any) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "nats_server": str(nc.connected_server_version),
         "nats_py": dist_version("nats-py"),
-        "aether": dist_version("aether"),
+        "aether": aether.__version__,
     }
 
 
