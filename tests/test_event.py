@@ -579,3 +579,16 @@ def test_store_rules_refuse_long_actor_ids_both_ways() -> None:
                 _rules.check_read(actor)
             with pytest.raises(InvalidEventError, match="too long"):
                 _rules.encode_snapshot(ActorSnapshot(actor, 1, {}))
+
+
+def test_position_is_not_part_of_the_wire_form_or_of_equality() -> None:
+    event = Event("Opened", "acc", 1)
+    assert event.position is None
+    read = Event.from_json(event.to_json())
+    read.position = 42
+    assert read == event
+    assert b"position" not in read.to_json()
+    assert "position" not in read.to_dict()
+    with pytest.raises(TypeError):
+        Event("Opened", "acc", 1, {}, "id", None, {}, read.timestamp, 7)  # type: ignore[misc]
+    assert Event("Opened", "acc", 1, position=7).position == 7

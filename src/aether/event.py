@@ -89,6 +89,13 @@ class Event:
     stores it once. ``version`` must be strictly greater than the actor's latest version,
     and in 1..=2**63-1. Defaults: ``data`` empty, ``id`` a new uuid4 string, ``timestamp``
     now (UTC).
+
+    ``position`` is where the event sits in the store it was read from: the JetStream
+    stream sequence (the in-memory store numbers its events 1, 2, 3, ... across all
+    actors). Every event a store returns has it (``get_events``, ``iter_events``,
+    ``subscribe``, ...); it is None on an event not read from a store. It orders a
+    store's events across actors, and ``subscribe(after=position)`` resumes after it.
+    Not part of the wire form, of ``==`` or of the hash; keyword-only.
     """
 
     event_type: str
@@ -99,6 +106,7 @@ class Event:
     command_id: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     timestamp: datetime = field(default_factory=_now)
+    position: int | None = field(default=None, compare=False, kw_only=True)
 
     correlation_id = _metadata_property(CORRELATION_ID, "Id shared by every event of one flow.")
     causation_id = _metadata_property(CAUSATION_ID, "Id of the event or command that caused this.")

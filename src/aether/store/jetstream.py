@@ -772,7 +772,8 @@ class JetStreamEventStore:
 
 
 def _decode(msg: StoredMsg, actor_id: str) -> Event | ReplayError:
-    # The store's decoding rules (_rules), plus: the event is the subject's actor's.
+    # The store's decoding rules (_rules), plus: the event is the subject's actor's. Its
+    # position is the message's stream sequence.
     try:
         event = _rules.decode_event(msg.data)
     except ValueError as exc:
@@ -783,6 +784,7 @@ def _decode(msg: StoredMsg, actor_id: str) -> Event | ReplayError:
             msg.data,
             InvalidEventError(f"message on {actor_id!r}'s subject is for {event.actor_id!r}"),
         )
+    event.position = msg.seq
     return event
 
 

@@ -31,7 +31,9 @@ class InMemoryEventStore:
         self._lock = threading.Lock()
         # actor id -> its events as encoded (immutable), in append order (= version order)
         self._events: dict[str, list[EncodedEvent]] = {}
-        self._ids: set[str] = set()  # every stored event id: reuse is refused
+        # every stored event id -> its position (1, 2, 3, ... across actors); reuse of an
+        # id is refused
+        self._positions: dict[str, int] = {}
         self._snapshots: dict[str, EncodedSnapshot] = {}
 
     async def save_event(self, event: Event) -> None:
@@ -46,7 +48,7 @@ class InMemoryEventStore:
             )
             self._refuse_reused_ids([encoded.id])
             self._events.setdefault(encoded.actor_id, []).append(encoded)
-            self._ids.add(encoded.id)
+            self._record([encoded])
 
     async def save_events(
         self, events: Sequence[Event], *, expected_version: int | None = None
@@ -66,12 +68,19 @@ class InMemoryEventStore:
             )
             self._refuse_reused_ids(encoded.id for encoded in batch)
             self._events.setdefault(first.actor_id, []).extend(batch)
-            self._ids.update(encoded.id for encoded in batch)
+            self._record(batch)
+
+    def _record(self, appended: Sequence[EncodedEvent]) -> None:
+        # Under the lock: number the appended events after every event stored before.
+        position = len(self._positions)
+        for encoded in appended:
+            position += 1
+            self._positions[encoded.id] = position
 
     def _refuse_reused_ids(self, ids: Iterable[str]) -> None:
         # JetStream refuses a reused id within its duplicate window; memory never forgets.
         for event_id in ids:
-            if event_id in self._ids:
+            if event_id in self._positions:
                 raise InvalidEventError(
                     f"event id {event_id!r} was already used by another event (ids must be unique)"
                 )
@@ -103,15 +112,18 @@ class InMemoryEventStore:
     def _read(self, actor_id: str, from_version: int) -> list[Event | ReplayError]:
         _rules.check_read(actor_id, from_version)
         with self._lock:
-            history = list(self._events.get(actor_id, ()))
+            history = [(self._positions[e.id], e) for e in self._events.get(actor_id, ())]
         items: list[Event | ReplayError] = []
-        for position, encoded in enumerate(history, start=1):
+        for position, encoded in history:
             if encoded.version < from_version:
                 continue
             try:
-                items.append(_rules.decode_event(encoded.payload))
+                event = _rules.decode_event(encoded.payload)
             except ValueError as exc:  # unreachable for events this store encoded itself
                 items.append(ReplayError(position, encoded.payload, exc))
+            else:
+                event.position = position
+                items.append(event)
         return items
 
     async def get_latest_version(self, actor_id: str) -> int:

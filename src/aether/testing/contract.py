@@ -212,6 +212,25 @@ class EventStoreContract:
         assert stored == original
         assert stored is not original
 
+    async def test_read_events_carry_their_position(self, store: EventStore) -> None:
+        """Every event a store returns has its ``position``: a positive int, unique in the
+        store, increasing in the order events were appended across all actors (a batch's
+        events in order). The saved object keeps ``position`` None, and ``position`` is
+        not part of ``==``."""
+        a1, b1, b2, a2 = _ev("a", 1), _ev("b", 1), _ev("b", 2), _ev("a", 2)
+        await store.save_event(a1)
+        await store.save_events([b1, b2])
+        await store.save_event(a2)
+        assert a1.position is None
+        history_a = await store.get_events("a")
+        history_b = [e async for e in store.iter_events("b")]
+        with_errors = await store.get_events_with_errors("a")
+        assert history_a == [a1, a2] and history_b == [b1, b2]
+        positions = [e.position or 0 for e in (history_a[0], *history_b, history_a[1])]
+        assert all(type(p) is int and p > 0 for p in positions), positions
+        assert positions == sorted(set(positions)), positions
+        assert [e.position for e in with_errors.events] == [e.position for e in history_a]
+
     async def test_from_version_filters(self, store: EventStore) -> None:
         """``get_events`` and ``iter_events`` return the events with ``version >=
         from_version``, in version order; none past the latest."""
