@@ -26,14 +26,16 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from enum import Enum
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+from nats.aio.subscription import Subscription as NatsSubscription
 
+from aether.bus.filter import SubscriptionFilter
 from aether.errors import (
     EventTooLargeError,
     InvalidEventError,
@@ -48,6 +50,7 @@ from aether.replay import ReplayError, ReplayResult
 from aether.store import _rules
 from aether.store._append import Answer, PendingAppend, Step, classify, decide
 from aether.store._cache import EMPTY, CacheEntry, KeyedLocks, VersionCache
+from aether.store._durable import DurableSubscription, ParkedEvent, durable_subscription, parked
 from aether.store._jsapi import (
     BATCH_INCOMPLETE,
     JsApi,
@@ -64,6 +67,7 @@ from aether.store._replay import Replayer
 from aether.store._seek import Found, ReadAt, ReadLast, ReadNext, Start, seek
 from aether.store._snapshots import SnapshotStream, pause_if_in_flight
 from aether.store._subjects import SNAPSHOTS_SUFFIX, encode_actor_id
+from aether.store._subscription import Subscription, subscribe_jetstream
 from aether.store.config import JetStreamConfig
 
 # Bytes of headers an append adds besides the event id (batch headers included).
@@ -118,7 +122,7 @@ class JetStreamEventStore:
         # The stream's identity (its creation time): the cache is valid within it only.
         self._created = events.created
         self._reconnects_seen: int = nc.stats["reconnects"]
-        self._advisories: Subscription | None = None
+        self._advisories: NatsSubscription | None = None
         self._closed = False
         self._min_window = config.min_duplicate_window
 
@@ -735,6 +739,46 @@ class JetStreamEventStore:
         except StreamNotFoundError:
             self._forget()
             raise
+
+    # -- the whole store: subscriptions ---------------------------------------------------
+
+    def subscribe(
+        self, *, after: int = 0, filter: SubscriptionFilter | None = None
+    ) -> Subscription:
+        """The events of every actor with ``position > after``, in position order: first
+        those already stored (catch-up), then new ones as they are appended (live), with
+        no gap and no duplicate at the boundary, until closed. At-least-once across
+        restarts: resume with ``after=<last position handled>``.
+
+        Returns at once (nothing is asked of the server until the first event is
+        awaited); the subscription is an async iterator and an async context manager.
+        *filter* keeps the events it matches (:class:`~aether.bus.SubscriptionFilter`).
+        Malformed messages are skipped and counted, never stop it. See
+        :class:`~aether.store.Subscription`.
+        """
+        return subscribe_jetstream(self, after, filter)
+
+    def durable_subscription(
+        self,
+        name: str,
+        *,
+        filter: SubscriptionFilter | None = None,
+        max_deliver: int = 5,
+        ack_wait: timedelta = timedelta(seconds=30),
+    ) -> DurableSubscription:
+        """A server-side durable consumer called *name* over every actor's events: its
+        position survives restarts of the subscriber and of the server, and processes
+        using one name share the events. Yields :class:`~aether.store.Delivery` objects
+        to ``ack``, ``nack`` or ``term``; an event not acked within *ack_wait* is
+        delivered again, and after *max_deliver* attempts (or ``term``) it is parked:
+        logged, counted and listed by :meth:`parked`, never dropped silently."""
+        return durable_subscription(
+            self, name, filter=filter, max_deliver=max_deliver, ack_wait=ack_wait
+        )
+
+    async def parked(self, name: str) -> list[ParkedEvent]:
+        """The events durable subscription *name* gave up on, oldest first."""
+        return await parked(self, name)
 
     # -- snapshots ------------------------------------------------------------------------
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator, Iterable, Sequence
 
+from aether.bus.filter import SubscriptionFilter
 from aether.errors import InvalidEventError
 from aether.event import ActorSnapshot, Event
 from aether.replay import ReplayError, ReplayResult
 from aether.store import _rules
 from aether.store._rules import EncodedEvent, EncodedSnapshot
+from aether.store._subscription import Subscription, subscribe_memory
 
 
 class InMemoryEventStore:
@@ -125,6 +127,13 @@ class InMemoryEventStore:
                 event.position = position
                 items.append(event)
         return items
+
+    def subscribe(
+        self, *, after: int = 0, filter: SubscriptionFilter | None = None
+    ) -> Subscription:
+        """As :meth:`JetStreamEventStore.subscribe
+        <aether.store.JetStreamEventStore.subscribe>`, over this store's positions."""
+        return subscribe_memory(self, after, filter)
 
     async def get_latest_version(self, actor_id: str) -> int:
         _rules.check_read(actor_id)
