@@ -10,6 +10,7 @@ extra).
 """
 
 from aether.bus._local import DEFAULT_BUFFER, BusSubscription, EventBus
+from aether.bus._nats import KIND_HEADER, NODE_HEADER, NatsEventBus
 from aether.bus.errors import (
     BusClosedError,
     BusError,
@@ -26,6 +27,8 @@ from aether.bus.stored import INTERNAL_NAMESPACE, EventStored
 __all__ = [
     "DEFAULT_BUFFER",
     "INTERNAL_NAMESPACE",
+    "KIND_HEADER",
+    "NODE_HEADER",
     "BusClosedError",
     "BusError",
     "BusMetrics",
@@ -37,6 +40,7 @@ __all__ = [
     "EventStored",
     "InvalidNamespaceError",
     "NamespaceMetrics",
+    "NatsEventBus",
     "SubscriptionFilter",
     "SubscriptionOverflowError",
     "match_actor_pattern",
