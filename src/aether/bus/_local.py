@@ -64,6 +64,7 @@ class BusSubscription(Generic[M]):
         "_error",
         "_gap",
         "_messages",
+        "_origins",
         "_ready_task",
         "_waiter",
         "filter",
@@ -83,7 +84,10 @@ class BusSubscription(Generic[M]):
         self.filter = filter
         self._bus = bus
         self._capacity = buffer
-        self._messages: deque[tuple[_Counters, M]] = deque()
+        # Two parallel queues (no tuple per message: nothing more for the GC to track):
+        # the messages, and the counters of the namespace each was published to.
+        self._messages: deque[M] = deque()
+        self._origins: deque[_Counters] = deque()
         self._gap = 0  # dropped since the iterator last raised
         self._dropped = 0
         self._closed = False
@@ -122,10 +126,12 @@ class BusSubscription(Generic[M]):
             return
         messages = self._messages
         if len(messages) >= self._capacity:
-            messages.popleft()[0].dropped += 1
+            messages.popleft()
+            self._origins.popleft().dropped += 1
             self._gap += 1
             self._dropped += 1
-        messages.append((counters, message))
+        messages.append(message)
+        self._origins.append(counters)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -156,9 +162,8 @@ class BusSubscription(Generic[M]):
                 raise SubscriptionOverflowError(dropped)
             messages = self._messages
             if messages:
-                counters, message = messages.popleft()
-                counters.delivered += 1
-                return message
+                self._origins.popleft().delivered += 1
+                return messages.popleft()
             if self._closed:
                 error, self._error = self._error, None
                 if error is not None:
@@ -195,6 +200,7 @@ class BusSubscription(Generic[M]):
         """Stop the subscription: what it holds is discarded and the iterator ends.
         Idempotent."""
         self._messages.clear()
+        self._origins.clear()
         self._gap = 0
         if not self._closed:
             self._end()
