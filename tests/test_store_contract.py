@@ -84,7 +84,8 @@ THIRD_PARTY = textwrap.dedent(
 
 
     class EventsOnly:
-        """Correct, without snapshots: the EventStore methods of an InMemoryEventStore."""
+        """Correct, without snapshots: the EventStore methods of an InMemoryEventStore,
+        and its subscribe (the contract's subscription section needs it)."""
 
         def __init__(self) -> None:
             inner = InMemoryEventStore()
@@ -94,6 +95,7 @@ THIRD_PARTY = textwrap.dedent(
             self.iter_events = inner.iter_events
             self.get_events_with_errors = inner.get_events_with_errors
             self.get_latest_version = inner.get_latest_version
+            self.subscribe = inner.subscribe
 
 
     class TestTakesTheLatestVersionForARetry(SnapshotStoreContract):

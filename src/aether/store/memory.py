@@ -10,6 +10,8 @@ lists, and so on). Every decision uses the values captured when the event was en
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterable, Sequence
 
@@ -19,7 +21,7 @@ from aether.event import ActorSnapshot, Event
 from aether.replay import ReplayError, ReplayResult
 from aether.store import _rules
 from aether.store._rules import EncodedEvent, EncodedSnapshot
-from aether.store._subscription import Subscription, subscribe_memory
+from aether.store._subscription import Subscription, subscribe_memory, wake_waiter
 
 
 class InMemoryEventStore:
@@ -36,6 +38,10 @@ class InMemoryEventStore:
         # every stored event id -> its position (1, 2, 3, ... across actors); reuse of an
         # id is refused
         self._positions: dict[str, int] = {}
+        # every stored event in position order: position p is _log[p - 1] (subscriptions)
+        self._log: list[EncodedEvent] = []
+        # subscriptions waiting for an append: (their loop, the future to resolve)
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         self._snapshots: dict[str, EncodedSnapshot] = {}
 
     async def save_event(self, event: Event) -> None:
@@ -73,11 +79,18 @@ class InMemoryEventStore:
             self._record(batch)
 
     def _record(self, appended: Sequence[EncodedEvent]) -> None:
-        # Under the lock: number the appended events after every event stored before.
+        # Under the lock: number the appended events after every event stored before, and
+        # wake the subscriptions waiting for them (in their own loops: any thread appends).
         position = len(self._positions)
         for encoded in appended:
             position += 1
             self._positions[encoded.id] = position
+        self._log.extend(appended)
+        if self._waiters:
+            for loop, future in self._waiters:
+                with contextlib.suppress(RuntimeError):  # that loop is closed
+                    loop.call_soon_threadsafe(wake_waiter, future)
+            self._waiters.clear()
 
     def _refuse_reused_ids(self, ids: Iterable[str]) -> None:
         # JetStream refuses a reused id within its duplicate window; memory never forgets.
@@ -132,7 +145,13 @@ class InMemoryEventStore:
         self, *, after: int = 0, filter: SubscriptionFilter | None = None
     ) -> Subscription:
         """As :meth:`JetStreamEventStore.subscribe
-        <aether.store.JetStreamEventStore.subscribe>`, over this store's positions."""
+        <aether.store.JetStreamEventStore.subscribe>`, over this store's positions (1, 2,
+        3, ... in append order across actors).
+
+        Appends from any thread wake the subscriptions waiting for them, in their own
+        event loops. Catch-up copies at most a few hundred log entries at a time under the
+        store's lock, so a long history is never copied whole.
+        """
         return subscribe_memory(self, after, filter)
 
     async def get_latest_version(self, actor_id: str) -> int:

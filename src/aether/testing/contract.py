@@ -13,7 +13,10 @@ two classes in a test module and overriding its ``store`` fixture::
             return MyStore()  # a new, empty store for every test
 
 * :class:`EventStoreContract` -- what every :class:`~aether.store.EventStore` must do:
-  versions, atomic batches, reads, bad input, limits, concurrency.
+  versions, atomic batches, reads, bad input, limits, concurrency; and what both of
+  aether's stores do beyond the protocol, ``subscribe(after=0, filter=None)`` (every
+  actor's events in position order, catch-up then live, no gap and no duplicate; see
+  :class:`~aether.store.Subscription`), which a store under test must provide too.
 * :class:`SnapshotStoreContract` -- all of that, plus what a
   :class:`~aether.store.SnapshotStore` must do with snapshots.
 
@@ -42,19 +45,23 @@ once encoded as a subject token (each UTF-8 byte other than ``A-Z a-z 0-9 -`` be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import pytest
 
 from aether import ActorSnapshot, Event, InvalidEventError, VersionConflictError
+from aether.bus import SubscriptionFilter
 from aether.store import (
     MAX_BATCH_SIZE,
     MAX_TOKEN_LENGTH,
     MAX_VERSION,
     EventStore,
     SnapshotStore,
+    Subscription,
 )
 
 if importlib.util.find_spec("pytest_asyncio") is None:  # pragma: no cover
@@ -72,6 +79,42 @@ def _ev(actor: str, version: int, **data: object) -> Event:
 
 async def _versions(store: EventStore, actor: str) -> list[int]:
     return [event.version for event in await store.get_events(actor)]
+
+
+#: Seconds a subscription test waits for a condition before failing: a guard against a
+#: hang, not a speed requirement.
+_GUARD = 60.0
+
+
+class _Subscribable(EventStore, Protocol):
+    """An event store with ``subscribe`` (both of aether's stores)."""
+
+    def subscribe(
+        self, *, after: int = 0, filter: SubscriptionFilter | None = None
+    ) -> Subscription: ...
+
+
+async def _take(sub: AsyncIterator[Event], n: int) -> list[Event]:
+    """The next *n* events of *sub*."""
+    events: list[Event] = []
+    async with asyncio.timeout(_GUARD):
+        while len(events) < n:
+            events.append(await anext(sub))
+    return events
+
+
+async def _positions(store: EventStore, actors: list[str]) -> list[int]:
+    """The positions of every stored event of *actors*, as the store's reads give them."""
+    return sorted([e.position or 0 for a in actors for e in await store.get_events(a)])
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait until *condition* holds (checked between turns of the event loop)."""
+    async with asyncio.timeout(_GUARD):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.005)
 
 
 class _Point(NamedTuple):
@@ -548,6 +591,231 @@ class EventStoreContract:
             second.id,
             *(e.id for e in batch),
         ]
+
+    # -- subscriptions --------------------------------------------------------------------
+    # ``store.subscribe(after=0, filter=None)``: every actor's events in position order,
+    # catch-up then live. Each wait below is guarded (_GUARD seconds) only against a hang.
+
+    async def test_subscribe_catches_up_then_goes_live(self, store: _Subscribable) -> None:
+        """A subscription yields the events stored before it, in the order they were
+        appended across actors (a batch's events in order), each with the position the
+        store's reads give it; then, with no gap and no duplicate, the events appended
+        after it caught up. ``caught_up`` is True once the backlog was read."""
+        a1, b1, b2, a2 = _ev("a", 1), _ev("b", 1), _ev("b", 2), _ev("a", 2)
+        await store.save_event(a1)
+        await store.save_events([b1, b2])
+        await store.save_event(a2)
+        truth = await _positions(store, ["a", "b"])
+        async with store.subscribe() as sub:
+            assert sub.position == 0 and not sub.caught_up
+            backlog = await _take(sub, 4)
+            assert backlog == [a1, b1, b2, a2]
+            assert [e.position for e in backlog] == truth
+            assert sub.caught_up and sub.position == truth[-1]
+            c1, a3 = _ev("c", 1), _ev("a", 3)
+            await store.save_event(c1)
+            await store.save_event(a3)
+            live = await _take(sub, 2)
+            assert live == [c1, a3]
+            positions = [e.position or 0 for e in (*backlog, *live)]
+            assert positions == sorted(set(positions))
+            assert positions == await _positions(store, ["a", "b", "c"])
+            stats = sub.stats
+            assert (stats.delivered, stats.filtered_out, stats.malformed) == (6, 0, 0)
+            assert stats.position == positions[-1] and stats.caught_up
+
+    async def test_subscribe_across_concurrent_writers_has_no_gap_and_no_duplicate(
+        self, store: _Subscribable
+    ) -> None:
+        """Writer tasks append to several actors (single events and batches) before,
+        while and after a subscription starts: the subscription yields exactly the
+        store's events, each once, in position order, and each batch's events next to
+        each other in version order."""
+        writers, per_writer = 4, 24
+        progress = [0] * writers
+        started = asyncio.Event()
+        batches: list[list[str]] = []
+
+        async def write(w: int) -> None:
+            actor, version = f"w-{w}", 0
+            while version < per_writer:
+                if version % 5 == 2:  # every few events a batch of three
+                    batch = [_ev(actor, version + i) for i in (1, 2, 3)]
+                    await store.save_events(batch)
+                    batches.append([e.id for e in batch])
+                    version += 3
+                else:
+                    version += 1
+                    await store.save_event(_ev(actor, version))
+                progress[w] = version
+                if sum(progress) >= writers * per_writer // 3:
+                    started.set()  # a third is stored: time to subscribe
+                await asyncio.sleep(0)  # let the others and the subscriber run
+
+        actors = [f"w-{w}" for w in range(writers)]
+        async with store.subscribe() as sub:
+            tasks = [asyncio.create_task(write(w)) for w in range(writers)]
+            try:
+                async with asyncio.timeout(_GUARD):
+                    await started.wait()
+                    received = await _take(sub, 5)  # the subscription starts mid-way
+                    await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+            total = sum([len(await store.get_events(a)) for a in actors])
+            assert total >= writers * per_writer
+            received += await _take(sub, total - len(received))
+            truth = await _positions(store, actors)
+            assert [e.position for e in received] == truth
+            stored = [e for a in actors for e in await store.get_events(a)]
+            stored.sort(key=lambda e: e.position or 0)
+            assert [e.id for e in received] == [e.id for e in stored]
+            assert sub.caught_up and sub.stats.delivered == total
+        order = [e.id for e in received]
+        for batch in batches:
+            first = order.index(batch[0])
+            assert order[first : first + len(batch)] == batch
+
+    async def test_subscribe_after_resumes_exactly_where_it_stopped(
+        self, store: _Subscribable
+    ) -> None:
+        """``subscribe(after=p)`` yields exactly the events with position > p, whatever
+        p is (0, any event's position, the last one: then it waits for the next event);
+        ``position`` starts at ``after``."""
+        for i in range(6):
+            await store.save_event(_ev(f"r-{i % 3}", i // 3 + 1))
+        async with store.subscribe() as first:
+            everything = await _take(first, 6)
+        positions = [e.position or 0 for e in everything]
+        for cut in (0, 1, 4, 6):
+            after = positions[cut - 1] if cut else 0
+            async with store.subscribe(after=after) as sub:
+                assert sub.position == after and sub.after == after
+                rest = await _take(sub, 6 - cut)
+                assert [e.id for e in rest] == [e.id for e in everything[cut:]]
+                if cut == 6:  # at the end: the next event is the next appended, nothing older
+                    newer = _ev("r-0", 3)
+                    await store.save_event(newer)
+                    assert await _take(sub, 1) == [newer]
+
+    async def test_subscribe_filter_skips_but_advances(self, store: _Subscribable) -> None:
+        """With a :class:`~aether.bus.SubscriptionFilter` only the events it passes are
+        yielded (same order, same positions); the others are counted as filtered out and
+        advance ``position`` even while no passing event comes, so resuming from
+        ``position`` never repeats them. A task waiting in ``__anext__`` may be cancelled:
+        the subscription goes on."""
+        wanted = SubscriptionFilter(event_types={"Deposited"}, actor_pattern="order-*")
+        events = [
+            Event("Opened", "order-1", 1),
+            Event("Deposited", "order-1", 2),
+            Event("Deposited", "customer-1", 1),
+            Event("Deposited", "order-2", 1),
+            Event("Withdrawn", "order-2", 2),
+        ]
+        for event in events:
+            await store.save_event(event)
+        async with store.subscribe(filter=wanted) as sub:
+            assert sub.filter == wanted
+            passed = await _take(sub, 2)
+            assert passed == [events[1], events[3]]
+            read = await _positions(store, ["order-1", "customer-1", "order-2"])
+            assert [e.position for e in passed] == [read[1], read[3]]
+            # The last event is refused: position reaches it while the iterator waits.
+            waiting = asyncio.ensure_future(anext(sub))
+            await _until(lambda: sub.position == read[4])
+            assert not waiting.done()
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            late = Event("Deposited", "order-3", 2)
+            await store.save_event(Event("Opened", "order-3", 1))
+            await store.save_event(late)
+            assert await _take(sub, 1) == [late]
+            stats = sub.stats
+            assert (stats.delivered, stats.filtered_out) == (3, 4)
+
+    async def test_subscribe_caught_up_and_lag(self, store: _Subscribable) -> None:
+        """``caught_up`` turns True once the events stored at the start were read (at
+        once on an empty store, while the iterator waits); ``stats.lag`` counts the events
+        stored after ``position`` (None before the first read; exact while nothing is
+        appended)."""
+        async with store.subscribe() as empty:
+            assert empty.stats.lag is None
+            waiting = asyncio.ensure_future(anext(empty))
+            await _until(lambda: empty.caught_up)
+            assert empty.stats.lag == 0 and not waiting.done()
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+        for v in range(1, 4):
+            await store.save_event(_ev("lag", v))
+        async with store.subscribe() as sub:
+            [first] = await _take(sub, 1)
+            assert first.version == 1 and not sub.caught_up
+            assert sub.stats.lag == 2
+            await _take(sub, 2)
+            assert sub.caught_up and sub.stats.lag == 0
+            await store.save_event(_ev("lag", 4))  # caught_up stays True
+            assert sub.caught_up
+            assert [e.version for e in await _take(sub, 1)] == [4]
+
+    async def test_subscribe_close_ends_the_iteration(self, store: _Subscribable) -> None:
+        """``close()`` ends a loop waiting for events (it simply stops), is idempotent,
+        and every later ``__anext__`` raises StopAsyncIteration; leaving ``async with``
+        closes; a subscription closed before it was read yields nothing."""
+        await store.save_event(_ev("c", 1))
+        sub = store.subscribe()
+        received: list[Event] = []
+
+        async def consume() -> None:
+            async for event in sub:
+                received.append(event)
+
+        consumer = asyncio.ensure_future(consume())
+        await _until(lambda: len(received) == 1 and sub.caught_up)
+        assert not consumer.done()
+        await sub.close()
+        async with asyncio.timeout(_GUARD):
+            await consumer  # the loop ended without an error
+        assert sub.closed
+        await sub.close()  # idempotent
+        with pytest.raises(StopAsyncIteration):
+            await anext(sub)
+        await store.save_event(_ev("c", 2))
+        with pytest.raises(StopAsyncIteration):
+            await anext(sub)
+        async with store.subscribe() as scoped:
+            assert [e.version for e in await _take(scoped, 2)] == [1, 2]
+        assert scoped.closed
+        unread = store.subscribe()
+        await unread.close()
+        with pytest.raises(StopAsyncIteration):
+            await anext(unread)
+
+    async def test_subscriptions_are_independent(self, store: _Subscribable) -> None:
+        """Several subscriptions read the same events independently, each its own copy;
+        closing one does not affect the others."""
+        await store.save_event(_ev("i", 1, items=[1]))
+        one, two = store.subscribe(), store.subscribe()
+        async with one, two:
+            [mine] = await _take(one, 1)
+            mine.data["items"].append(2)
+            await one.close()
+            [theirs] = await _take(two, 1)
+            assert theirs.data == {"items": [1]}
+            await store.save_event(_ev("i", 2))
+            assert [e.version for e in await _take(two, 1)] == [2]
+
+    @pytest.mark.parametrize("after", [-1, True, "3", 1.0, None, 2**63])
+    async def test_subscribe_bad_arguments(self, store: _Subscribable, after: object) -> None:
+        """``after`` must be an int position >= 0 (bool refused) and ``filter`` a
+        SubscriptionFilter or None: InvalidEventError (a ValueError and TypeError) at the
+        call, before anything is read."""
+        with pytest.raises(InvalidEventError, match="after"):
+            store.subscribe(after=after)  # type: ignore[arg-type]
+        with pytest.raises(InvalidEventError, match="filter"):
+            store.subscribe(filter="order-*")  # type: ignore[arg-type]
 
 
 class SnapshotStoreContract(EventStoreContract):
