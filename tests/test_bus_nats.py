@@ -10,12 +10,15 @@ after the publishers flushed (NATS keeps each connection's order), never by wait
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 import nats
 import pytest
@@ -38,6 +41,7 @@ from aether.bus import (
 from aether.errors import EventTooLargeError
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "event_bus.py"
 #: Guards waits that should end soon, so that a bug fails instead of hanging. Never a
 #: timing assertion.
 GUARD = 60
@@ -379,3 +383,48 @@ async def test_across_processes_every_subscriber_gets_each_event_once(
                 assert mine == sorted(mine), f"{who}/{key} from {p}"
     await local.close()
     await ender.close()
+
+
+# -- the how-to's program -------------------------------------------------------------------
+
+
+def load_example() -> ModuleType:
+    """``examples/event_bus.py`` (not a package), imported under a private name."""
+    spec = importlib.util.spec_from_file_location("aether_example_event_bus", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_how_to_example(nats_url: str) -> None:
+    """What docs/howto/event-bus.md shows does what the page says."""
+    example = load_example()
+    assert await example.local_bus() == [
+        "shop.*: OrderPlaced order-1",
+        "shop.*: StockCounted sku-9",
+        "filtered: OrderPlaced order-1",
+        "filtered: OrderPlaced order-2",
+    ]
+    assert await example.slow_subscriber() == ["missed 7", "event 8", "event 9", "event 10"]
+    assert await example.across_processes(nats_url) == [
+        "billing got order-3",
+        "orders got order-3",
+    ]
+    assert await example.store_notices() == ["stored order-4 v2 at position 17"]
+    assert await example.metrics() == [
+        "published=3 delivered=0 dropped=2 subscriptions=1",
+        'aether_bus_dropped_total{bus="example",namespace="ticks"} 2.0',
+    ]
+
+
+@pytest.mark.slow
+def test_the_how_to_example_runs_as_a_program(nats_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--url", nats_url],
+        capture_output=True,
+        text=True,
+        timeout=GUARD,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "missed 7" in result.stdout and "billing got order-3" in result.stdout
