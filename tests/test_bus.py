@@ -11,6 +11,7 @@ import pickle
 import re
 import sys
 from datetime import UTC, datetime, timedelta, timezone
+from typing import assert_type
 
 import pytest
 from hypothesis import given, settings
@@ -241,6 +242,15 @@ async def test_message_kinds_are_checked_against_the_namespace() -> None:
         await bus.publish("orders", stored(1))
     with pytest.raises(TypeError, match="takes an Event"):
         await bus.publish("orders", {"not": "an event"})  # type: ignore[arg-type]
+    assert bus.metrics.namespaces == {}  # refused before anything was counted
+
+
+async def test_subscriptions_are_typed_by_pattern() -> None:
+    """For mypy: the internal namespace yields EventStored, any other pattern Event."""
+    async with EventBus() as bus:
+        assert_type(bus.subscribe(INTERNAL_NAMESPACE), BusSubscription[EventStored])
+        assert_type(bus.subscribe("orders.>"), BusSubscription[Event])
+        assert_type(bus, EventBus)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, Self, TypeVar, overload
 
 from aether.bus._names import check_namespace, check_pattern
 from aether.bus.errors import BusClosedError, SubscriptionOverflowError
@@ -355,7 +355,10 @@ class EventBus:
     async def publish(self, namespace: str, message: Event | EventStored) -> None:
         """Deliver *message* to every subscription whose pattern matches *namespace*.
 
-        Never waits for a subscriber (a full subscription drops its oldest message).
+        Never waits for a subscriber (a full subscription drops its oldest message), and
+        does not even yield to the event loop: subscribers run when the publisher next
+        awaits something that does, so a burst of more than ``buffer`` publishes with no
+        such await in between overflows a subscription.
         *message* is an :class:`~aether.Event`, or an :class:`~aether.bus.EventStored` on
         :data:`~aether.bus.INTERNAL_NAMESPACE` (and only there: TypeError otherwise).
         Raises :class:`~aether.bus.InvalidNamespaceError` for a bad namespace and
@@ -363,9 +366,8 @@ class EventBus:
         """
         if self._closed:
             raise BusClosedError("publish on a closed bus")
-        route = self._routes.get(namespace) or self._route(namespace)
         _check_message(namespace, message)
-        counters, subscriptions = route
+        counters, subscriptions = self._routes.get(namespace) or self._route(namespace)
         counters.published += 1
         for subscription in subscriptions:
             subscription._offer(counters, message)
@@ -383,7 +385,7 @@ class EventBus:
         for subscription in subscriptions:
             subscription._end()
 
-    async def __aenter__(self) -> EventBus:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from nats.errors import MaxPayloadError
@@ -121,8 +122,8 @@ class NatsEventBus(EventBus):
         """
         if self._closed:
             raise BusClosedError("publish on a closed bus")
-        counters = (self._routes.get(namespace) or self._route(namespace))[0]
         _check_message(namespace, message)
+        counters = (self._routes.get(namespace) or self._route(namespace))[0]
         payload = b""
         try:
             payload = message.to_json()
@@ -211,7 +212,7 @@ class NatsEventBus(EventBus):
                 await remote.nats_sub.unsubscribe()
             remote.nats_sub = None
 
-    def _handler(self, remote: _Remote) -> Any:
+    def _handler(self, remote: _Remote) -> Callable[[Msg], Awaitable[None]]:
         node_id = self._node_id
         start = len(self._subject_prefix)
         internal_only = remote.pattern == INTERNAL_NAMESPACE
