@@ -39,6 +39,7 @@ from aether.bus import (
     SubscriptionOverflowError,
 )
 from aether.errors import EventTooLargeError
+from aether.testing import NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "event_bus.py"
@@ -297,6 +298,50 @@ async def test_own_messages_carry_the_node_header(connect: Connect, prefix: str)
     assert first.headers == {NODE_HEADER: "node-7", KIND_HEADER: "event"}
     assert second.headers == {NODE_HEADER: "node-7", KIND_HEADER: "stored"}
     await bus.close()
+
+
+@pytest.mark.fault
+async def test_subscriptions_survive_a_server_restart(fresh_nats_server: NatsServer) -> None:
+    """The client resubscribes after a reconnect: the bus delivers again (what was
+    published while the server was down is lost: at most once)."""
+    reconnected = [asyncio.Event(), asyncio.Event()]
+    clients = []
+    for flag in reconnected:
+
+        async def on_reconnect(flag: asyncio.Event = flag) -> None:
+            flag.set()
+
+        clients.append(
+            await nats.connect(
+                fresh_nats_server.url,
+                reconnected_cb=on_reconnect,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.05,
+            )
+        )
+    sender, receiver = (NatsEventBus(nc, prefix="bus") for nc in clients)
+    try:
+        async with receiver.subscribe("orders") as sub:
+            await sender.publish("orders", ev(1))
+            assert await take_one(sub) == 1
+            await asyncio.to_thread(fresh_nats_server.kill)
+            await asyncio.to_thread(fresh_nats_server.restart)
+            async with asyncio.timeout(GUARD):
+                for flag in reconnected:
+                    await flag.wait()
+            await clients[1].flush()  # the resubscription reached the server
+            await sender.publish("orders", ev(2))
+            assert await take_one(sub) == 2
+    finally:
+        for bus in (sender, receiver):
+            await bus.close()
+        for nc in clients:
+            await nc.close()
+
+
+async def take_one(sub: BusSubscription[Event]) -> int:
+    async with asyncio.timeout(GUARD):
+        return (await anext(sub)).version
 
 
 # -- across OS processes --------------------------------------------------------------------
