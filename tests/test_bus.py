@@ -428,6 +428,33 @@ async def test_a_blocked_subscriber_slows_neither_publisher_nor_others() -> None
     assert counters.delivered == total + 1 + 8
 
 
+async def test_concurrent_publishers_and_subscribers() -> None:
+    """Publisher tasks that yield between publishes and subscriber tasks reading at once:
+    every subscriber gets every event once, each publisher's in order."""
+    bus = EventBus()
+    publishers, per_publisher = 8, 200
+    subs = [bus.subscribe("load.>", buffer=publishers * per_publisher) for _ in range(10)]
+
+    async def publish(p: int) -> None:
+        for n in range(1, per_publisher + 1):
+            await bus.publish(f"load.p{p}", ev(n, f"p{p}"))
+            await asyncio.sleep(0)  # let the others interleave (a yield, not a wait)
+
+    async def read(sub: BusSubscription[Event]) -> list[tuple[str, int]]:
+        return [(e.actor_id, e.version) async for e in sub]
+
+    async with asyncio.timeout(GUARD):
+        readers = [asyncio.create_task(read(sub)) for sub in subs]
+        await asyncio.gather(*(publish(p) for p in range(publishers)))
+        await bus.close()  # the readers end after what their subscriptions hold
+        results = await asyncio.gather(*readers)
+    for got in results:
+        assert len(got) == publishers * per_publisher
+        for p in range(publishers):
+            assert [n for a, n in got if a == f"p{p}"] == list(range(1, per_publisher + 1))
+    assert bus.metrics.total.delivered == 10 * publishers * per_publisher
+
+
 async def test_a_second_concurrent_iterator_is_refused() -> None:
     bus = EventBus()
     sub = bus.subscribe("a")
