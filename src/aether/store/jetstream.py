@@ -16,6 +16,7 @@ cache only saves the read before a write: a warm ``save_event`` is one round tri
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 import weakref
 from collections.abc import (
@@ -26,7 +27,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -36,6 +37,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from aether.bus.filter import SubscriptionFilter
+from aether.bus.publisher import EventPublisher
+from aether.bus.stored import INTERNAL_NAMESPACE, EventStored
 from aether.errors import (
     EventTooLargeError,
     InvalidEventError,
@@ -70,6 +73,8 @@ from aether.store._subjects import SNAPSHOTS_SUFFIX, encode_actor_id
 from aether.store._subscription import Subscription, subscribe_jetstream
 from aether.store.config import JetStreamConfig
 
+_log = logging.getLogger("aether.store")
+
 # Bytes of headers an append adds besides the event id (batch headers included).
 _HEADER_ALLOWANCE = 256
 
@@ -102,9 +107,11 @@ class JetStreamEventStore:
         events: StreamSettings,
         snapshot_stream: str,
         atomic: bool,
+        bus: EventPublisher | None = None,
     ) -> None:
         # Use open() or attach(): they provision the streams and call _listen().
         self._nc = nc
+        self._bus = bus
         self._api = api
         self._replay = Replayer(api)
         self._config = config
@@ -169,7 +176,12 @@ class JetStreamEventStore:
 
     @classmethod
     async def open(
-        cls, nc: Client, stream_name: str = "events", config: JetStreamConfig | None = None
+        cls,
+        nc: Client,
+        stream_name: str = "events",
+        config: JetStreamConfig | None = None,
+        *,
+        bus: EventPublisher | None = None,
     ) -> JetStreamEventStore:
         """Connect a store to *nc*, creating its streams if they do not exist.
 
@@ -178,6 +190,12 @@ class JetStreamEventStore:
         The store subscribes to the stream's JetStream advisories
         (``$JS.EVENT.ADVISORY.STREAM.*.<stream>``) to notice the stream being recreated;
         :meth:`close` (or ``async with``) ends that subscription.
+
+        With *bus* (an :class:`~aether.bus.EventBus`, :class:`~aether.bus.NatsEventBus`
+        or any :class:`~aether.bus.EventPublisher`), every append this store makes is
+        announced on it: one :class:`~aether.bus.EventStored` per event, in namespace
+        :data:`~aether.bus.INTERNAL_NAMESPACE`, after the server stored it; none for a
+        failed append or a re-save of a stored event.
 
         Raises JetStreamNotEnabledError at once if the server has no JetStream, and
         InvalidConfigError for a stream name no store can have (letters, digits, ``-`` and
@@ -191,13 +209,18 @@ class JetStreamEventStore:
         events, snapshots = await provision(
             api, config.namespace, stream_name, config, atomic=atomic
         )
-        store = cls(nc, api, config, events, snapshots.name, atomic)
+        store = cls(nc, api, config, events, snapshots.name, atomic, bus)
         await store._listen()
         return store
 
     @classmethod
     async def attach(
-        cls, nc: Client, stream_name: str = "events", config: JetStreamConfig | None = None
+        cls,
+        nc: Client,
+        stream_name: str = "events",
+        config: JetStreamConfig | None = None,
+        *,
+        bus: EventPublisher | None = None,
     ) -> JetStreamEventStore:
         """A store on an **existing** stream, creating and changing nothing.
 
@@ -221,7 +244,7 @@ class JetStreamEventStore:
         snapshot_stream = (
             events.name + SNAPSHOTS_SUFFIX if snapshots is None else snapshots.settings.name
         )
-        store = cls(nc, api, config, events, snapshot_stream, events.allow_atomic)
+        store = cls(nc, api, config, events, snapshot_stream, events.allow_atomic, bus)
         await store._listen()
         return store
 
@@ -277,7 +300,9 @@ class JetStreamEventStore:
         encoded = _rules.prepare_event(event)
         self._check_size(encoded.payload, encoded.id)
         subject = self._event_prefix + encode_actor_id(encoded.actor_id)
-        await self._append(PendingAppend.single(subject, encoded))
+        last = await self._append(PendingAppend.single(subject, encoded))
+        if last and self._bus is not None:
+            await self._announce([encoded], last)
 
     async def save_events(
         self, events: Sequence[Event], *, expected_version: int | None = None
@@ -304,10 +329,36 @@ class JetStreamEventStore:
         for encoded in batch:
             self._check_size(encoded.payload, encoded.id)
         subject = self._event_prefix + encode_actor_id(batch[0].actor_id)
-        await self._append(PendingAppend.of(subject, batch, expected))
+        last = await self._append(PendingAppend.of(subject, batch, expected))
+        if last and self._bus is not None:
+            await self._announce(batch, last)
 
-    async def _append(self, append: PendingAppend) -> None:
+    async def _announce(self, batch: Sequence[_rules.EncodedEvent], last: int) -> None:
+        """Publish EventStored for *batch*, just stored with its last event at *last*.
+
+        An atomic batch is committed as one entry, so its events hold consecutive
+        sequences. A failing bus never fails the append (it is stored): logged only.
+        """
+        assert self._bus is not None
+        first = last - len(batch) + 1
+        now = datetime.now(UTC)
+        for offset, encoded in enumerate(batch):
+            notice = EventStored(encoded.id, encoded.actor_id, encoded.version, first + offset, now)
+            try:
+                await self._bus.publish(INTERNAL_NAMESPACE, notice)
+            except Exception:
+                _log.warning(
+                    "could not announce the append of %r (actor %r, position %d) on the bus",
+                    encoded.id,
+                    encoded.actor_id,
+                    first + offset,
+                    exc_info=True,
+                )
+
+    async def _append(self, append: PendingAppend) -> int:
         """Drive *append* to its outcome. The decisions are :func:`_append.decide`'s.
+        Returns the stream sequence of its last event if this call stored it, 0 if it was
+        stored before (a re-save).
 
         Under the actor's lock: start from the cached tail (or read it on a miss) and
         publish, re-reading the tail from the server whenever it refuses the expected
@@ -330,7 +381,7 @@ class JetStreamEventStore:
                 if server_tail is not None and read_at == self._cache.generation:
                     step = decide(append, server_tail, from_server=True)
                     if step is Step.STORED:
-                        return
+                        return 0  # stored before this call (its attempts all settled)
                     if step is Step.CONFLICT:
                         self._stats.conflicts += 1
                         raise VersionConflictError(
@@ -341,8 +392,8 @@ class JetStreamEventStore:
                     settled = await self._attempt(append, server_tail, read_at)
                 finally:
                     self._locks.release(actor_id)
-                if settled:
-                    return
+                if settled is not None:
+                    return settled
                 before, read_at = self._cache.get(actor_id), self._cache.generation
                 server_tail = await self._read_tail(actor_id, append.subject)
                 self._cache.put_read(actor_id, server_tail, before, read_at)
@@ -352,11 +403,12 @@ class JetStreamEventStore:
 
     async def _attempt(
         self, append: PendingAppend, server_tail: CacheEntry | None, read_at: int
-    ) -> bool:
+    ) -> int | None:
         """Publish *append* from *server_tail* (read at cache generation *read_at*) or
-        else the cache. The caller holds the actor's lock. Returns False if the cached tail
-        would decide the outcome by itself (the caller reads it from the server), True
-        once the append is settled.
+        else the cache. The caller holds the actor's lock. Returns None if the cached tail
+        would decide the outcome by itself (the caller reads it from the server); once the
+        append is settled, the stream sequence of its last event if this call stored it,
+        else 0 (stored before).
 
         Whatever the tail's source, it is only used while the cache generation it was
         learnt at is current: a generation change means the stream was recreated
@@ -388,16 +440,17 @@ class JetStreamEventStore:
                 continue
             step = decide(append, tail, from_server=from_server)
             if step is Step.READ:
-                return False
+                return None
             if step is Step.CHECK_BATCH:
                 step = Step.STORED if await self._batch_at_tail(append) else Step.CONFLICT
             if step is Step.STORED:
                 self._cache.put(actor_id, tail, generation)
-                return True
+                # At the tail: an attempt of this call that timed out landed, or a re-save.
+                return tail.seq if ambiguous else 0
             if step is Step.CONFLICT:
-                if ambiguous and await self._landed_after(append, first_seq):
+                if ambiguous and (landed := await self._landed_after(append, first_seq)):
                     self._cache.discard(actor_id)  # the tail's sequence is unknown now
-                    return True
+                    return landed
                 self._cache.put(actor_id, tail, generation)
                 self._stats.conflicts += 1
                 raise VersionConflictError(actor_id, append.versions[0], tail.version)
@@ -415,7 +468,7 @@ class JetStreamEventStore:
                 case Answer.STORED:
                     stored = CacheEntry(append.last_version, answer["seq"], append.last_id)
                     self._cache.put(actor_id, stored, generation)
-                    return True
+                    return int(answer["seq"])
                 case Answer.DUPLICATE:
                     # Nothing stored now: look at what the id was stored as.
                     held = await self._held_at(append, answer["seq"])
@@ -427,7 +480,7 @@ class JetStreamEventStore:
                     if held is _Held.OURS:
                         if ambiguous:
                             self._cache.discard(actor_id)  # an attempt of this call landed
-                            return True
+                            return int(answer["seq"])
                         # Stored before this call: settled by the tail like any re-save
                         # (the latest event, or a conflict); never published again.
                         taken_by = _Held.OURS
@@ -454,9 +507,9 @@ class JetStreamEventStore:
                     # say: a batch reusing the id of a purged event is refused too.)
                     taken_by = _Held.OTHER
                 case Answer.REFUSED:
-                    if ambiguous and await self._landed_after(append, first_seq):
+                    if ambiguous and (landed := await self._landed_after(append, first_seq)):
                         self._cache.discard(actor_id)  # an earlier attempt landed; this
-                        return True  # answer is about a later copy
+                        return landed  # answer is about a later copy
                     raise_for_error(answer, self._stream)
             tail, from_server = await self._read_tail(actor_id, append.subject), True
             self._cache.put(actor_id, tail, generation)
@@ -544,15 +597,15 @@ class JetStreamEventStore:
                     return False
         return found == expected
 
-    async def _landed_after(self, append: PendingAppend, after_seq: int) -> bool:
-        """Whether *append*'s last event is stored after *after_seq* (same actor, id and
-        version): did an attempt of ours that timed out land?"""
+    async def _landed_after(self, append: PendingAppend, after_seq: int) -> int:
+        """The stream sequence of *append*'s last event if it is stored after *after_seq*
+        (same actor, id and version), else 0: did an attempt of ours that timed out land?"""
         items = self._decoded(append.actor_id, append.subject, after_seq + 1)
         async with contextlib.aclosing(items):
             async for item in items:
                 if isinstance(item, Event) and append.is_event(item):
-                    return True
-        return False
+                    return item.position or 0
+        return 0
 
     def _check_size(self, payload: bytes, msg_id: str = "") -> None:
         # The server counts headers too; exceeding max_payload would close the connection,
