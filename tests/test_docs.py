@@ -30,7 +30,7 @@ REFERENCE = DOCS / "reference"
 README = ROOT / "README.md"
 #: Pages written by hand: their Python blocks must compile.
 HAND_WRITTEN = ["index.md", "concepts.md", "howto/fastapi.md", "howto/multiple-writers.md"]
-HAND_WRITTEN += ["howto/cluster.md", "howto/testing.md"]
+HAND_WRITTEN += ["howto/cluster.md", "howto/testing.md", "howto/event-bus.md"]
 
 
 def rel(path: Path) -> str:
