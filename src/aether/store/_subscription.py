@@ -57,7 +57,7 @@ from aether.event import Event
 from aether.store import _rules
 from aether.store._jsapi import API, NS_PER_SECOND, backoff
 from aether.store._provision import StreamSettings
-from aether.store._replay import _budget_of, _replay_window
+from aether.store._replay import _REPLAY_BYTES_IN_FLIGHT, _budget_of, _replay_window
 from aether.store._subjects import encode_actor_id
 
 if TYPE_CHECKING:
@@ -368,6 +368,8 @@ class _JetStreamFeed(_Feed):
         self._idle = False  # the consumer said it has nothing more (heartbeat, expiry)
         #: the most messages buffered at once (for the bounded-memory tests)
         self.peak_buffered = 0
+        #: the name of the consumer in use (for diagnostics and fault tests)
+        self.consumer: str | None = None
 
     # -- the iterator's side ----------------------------------------------------------------
 
@@ -505,7 +507,7 @@ class _JetStreamFeed(_Feed):
             config.update(deliver_policy="by_start_sequence", opt_start_seq=start)
         body = {"stream_name": stream, "config": config}
         consumer = await api.call(f"CONSUMER.CREATE.{stream}", body, stream=stream)
-        name = consumer["name"]
+        self.consumer = name = consumer["name"]
         try:
             self._pending = int(consumer["num_pending"])
             await self._pull(name, reconnects)
@@ -525,7 +527,7 @@ class _JetStreamFeed(_Feed):
         buffer = self._buffer
         wake = self._wake
         arrived = self._arrived
-        budget: _Budget = _budget_of(nc, max(2 * self._max_bytes, 16 * 1024 * 1024))
+        budget: _Budget = _budget_of(nc, max(_REPLAY_BYTES_IN_FLIGHT, self._max_bytes))
         inbox = nc.new_inbox()
         next_subject = f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"
         expires_ns = int(self._expires * NS_PER_SECOND)
