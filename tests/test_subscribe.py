@@ -243,6 +243,30 @@ async def test_large_events_grow_the_pulls(open_store: StoreFactory) -> None:
         assert [e.id for e in await take(sub, 2)] == [small.id, large.id]
 
 
+async def test_caught_up_when_the_stream_ends_with_a_message_that_is_no_event(
+    nats_url: str, nc: Client
+) -> None:
+    """On an operator's stream that also holds another subject, the backlog's last
+    message may be no event: the subscription never reads it, yet becomes caught up once
+    the stream leader confirms that no event is left before it."""
+    name = unique("ops")
+    js = nc.jetstream()
+    await js.add_stream(name=name, subjects=[f"{name}.events.>", f"{name}.audit"])
+    try:
+        config = JetStreamConfig(request_timeout=timedelta(seconds=0.5))
+        store = await JetStreamEventStore.attach(nc, name, config)
+        event = Event("Opened", "a", 1)
+        await store.save_event(event)
+        await js.publish(f"{name}.audit", b"not an event, not on an events subject")
+        async with store.subscribe() as sub:
+            assert await take(sub, 1) == [event]
+            assert not sub.caught_up  # the backlog ends at the audit message
+            await until(lambda: sub.caught_up)
+            assert sub.position == 1 and sub.stats.malformed == 0
+    finally:
+        await js.delete_stream(name)
+
+
 # -- the stream going away --------------------------------------------------------------------
 
 
