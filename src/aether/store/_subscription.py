@@ -399,13 +399,12 @@ class _JetStreamFeed(_Feed):
         # The store's decoding rules, plus: the message is on its actor's own subject.
         try:
             event = _rules.decode_event(data)
-        except ValueError as exc:
+            token = encode_actor_id(event.actor_id)
+        except ValueError as exc:  # InvalidEventError included
             self.skip_malformed(seq, str(exc))
             return None
         prefix = self._prefix
-        if not subject.startswith(prefix) or subject[len(prefix) :] != encode_actor_id(
-            event.actor_id
-        ):
+        if not subject.startswith(prefix) or subject[len(prefix) :] != token:
             self.skip_malformed(seq, f"event of {event.actor_id!r} on subject {subject!r}")
             return None
         event.position = seq
@@ -488,10 +487,11 @@ class _JetStreamFeed(_Feed):
         reconnects = nc.stats["reconnects"]
         info = await api.call(f"STREAM.INFO.{stream}", stream=stream)
         created = StreamSettings.from_info(info).created
+        target: int | None = None
         if self._created is None:
             self._created = created
             # Asked of the stream leader: at least every write acknowledged before now.
-            self.set_target(int(info["state"]["last_seq"]))
+            target = int(info["state"]["last_seq"])
         elif created != self._created:
             raise StreamNotFoundError(stream)  # deleted and created again: a new history
         start = self._received_seq + 1
@@ -510,6 +510,8 @@ class _JetStreamFeed(_Feed):
         self.consumer = name = consumer["name"]
         try:
             self._pending = int(consumer["num_pending"])
+            if target is not None:
+                self.set_target(target)  # caught_up and lag are known together
             await self._pull(name, reconnects)
         finally:
             if not nc.is_closed:
