@@ -432,7 +432,7 @@ async def test_a_message_lost_on_the_way_is_detected_and_read_again(
     async with store.subscribe() as sub:
         got = await take(sub, 10)
         assert [e.id for e in got] == [e.id for e in events]
-        assert len(dropped) == 1 and sub.stats.restarts == 1
+        assert len(dropped) == 1 and sub.stats.restarts >= 1
 
 
 async def test_close_and_garbage_collection_delete_the_consumer(
