@@ -26,6 +26,27 @@ JetStream (:class:`_JetStreamFeed`)
     heartbeat says was sent and never came). Every message is also checked against the
     position already received, so a recreated consumer can never deliver twice.
 
+    Timing: heartbeats every ``request_timeout`` (clamped to 0.25..5 s), a pull expires
+    after ten of them; two heartbeat intervals without anything arriving while a pull is
+    in flight count as a lost consumer. Recreations that deliver nothing for
+    ``retry_deadline`` (and any request failing for that long) end the subscription with
+    StoreUnavailableError; each recreation counts in ``store.stats.retries`` and the
+    subscription's ``stats.restarts``. An idle subscription holds one waiting pull of
+    64 KiB of the connection's 16 MiB replay budget: a few hundred idle subscriptions
+    share one connection without delaying its replays.
+
+    Why not the replay's ``_drain`` itself: it serves a count of messages known at the
+    start with ``no_wait`` pulls and then ends; a subscription must also wait at the
+    server for messages not yet written, which needs waiting pulls and heartbeats. What
+    the two share is the budget and the pull sizing (``_budget_of``, ``_replay_window``).
+
+    Replicated streams: the consumer may be hosted by a follower that has not applied
+    the newest writes yet. For a subscription that only delays them (they come in order,
+    never skipped: a consumer never jumps over a sequence its host has not stored), and
+    :attr:`Subscription.caught_up` is measured against the stream's last sequence as the
+    stream *leader* reported it at the start, so it still covers every write acknowledged
+    before the start.
+
 Memory (:class:`_MemoryFeed`)
     The in-memory store keeps an append log (position ``p`` is ``log[p - 1]``); a
     subscription copies at most :data:`_MEMORY_CHUNK` entries of it under the store's lock
