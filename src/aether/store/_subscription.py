@@ -32,8 +32,9 @@ JetStream (:class:`_JetStreamFeed`)
     ``retry_deadline`` (and any request failing for that long) end the subscription with
     StoreUnavailableError; each recreation counts in ``store.stats.retries`` and the
     subscription's ``stats.restarts``. An idle subscription holds one waiting pull of
-    64 KiB of the connection's 16 MiB replay budget: a few hundred idle subscriptions
-    share one connection without delaying its replays.
+    64 KiB of the connection's 16 MiB replay budget (a replay's first pull needs about
+    1 MiB of it): up to about 200 idle subscriptions share one connection without
+    delaying its replays; past that, open more connections.
 
     Why not the replay's ``_drain`` itself: it serves a count of messages known at the
     start with ``no_wait`` pulls and then ends; a subscription must also wait at the
