@@ -40,6 +40,10 @@ WORKLOADS: dict[str, str] = {
     "latest_version": "get_latest_version latency vs history length",
     "replay": "replay throughput vs history length",
     "snapshot_tail": "snapshot + tail vs full replay",
+    "subscribe_catchup": "subscribe() catch-up throughput (every actor)",
+    "subscribe_live": "subscribe() live latency: append to delivery on another connection",
+    "bus_local": "local EventBus publish to delivery, by subscriber count",
+    "bus_nats": "NatsEventBus across processes, publish to delivery",
 }
 
 
@@ -79,6 +83,22 @@ class Sizes:
     snapshot_tail: int = 100
     #: rounds of the snapshot + tail workload
     snapshot_rounds: int = 3
+    #: events of the subscribe catch-up history (a stream of its own) ...
+    catchup_events: int = 20_000
+    #: ... spread evenly over this many actors
+    catchup_actors: int = 200
+    #: timed rounds of the catch-up workload
+    catchup_rounds: int = 5
+    #: timed live deliveries (and get_latest_version calls), after a warm-up
+    live_calls: int = 2_000
+    #: events per round on the local bus with 1 subscriber, and across processes
+    bus_events: int = 20_000
+    #: subscribers of the local bus's fan-out point ...
+    bus_subscribers: int = 100
+    #: ... and events per round there (each delivered to every subscriber)
+    bus_fanout_events: int = 5_000
+    #: timed rounds of the bus workloads
+    bus_rounds: int = 5
 
     def __post_init__(self) -> None:
         if not self.history_lengths or min(self.history_lengths) < 1:
@@ -97,11 +117,21 @@ class Sizes:
             "replay_rounds",
             "long_replay_rounds",
             "snapshot_rounds",
+            "catchup_events",
+            "catchup_actors",
+            "catchup_rounds",
+            "live_calls",
+            "bus_events",
+            "bus_subscribers",
+            "bus_fanout_events",
+            "bus_rounds",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.snapshot_tail < 1 or self.snapshot_tail >= max(self.history_lengths):
             raise ValueError("snapshot_tail must be between 1 and the longest history - 1")
+        if self.catchup_events % self.catchup_actors:
+            raise ValueError("catchup_events must be a multiple of catchup_actors")
 
     def rounds_for(self, length: int) -> int:
         return self.long_replay_rounds if length >= self.long_history else self.replay_rounds
@@ -120,6 +150,13 @@ QUICK = Sizes(
     replay_rounds=3,
     long_replay_rounds=2,
     snapshot_rounds=2,
+    catchup_events=5_000,
+    catchup_actors=50,
+    catchup_rounds=2,
+    live_calls=300,
+    bus_events=5_000,
+    bus_fanout_events=1_000,
+    bus_rounds=2,
 )
 
 

@@ -43,7 +43,7 @@ def format_value(value: float, unit: str) -> str:
 
 
 def format_series(series: Series) -> str:
-    """The series' figure, with its conflicts/s if it has them."""
+    """The series' figure, with its conflicts/s or p99 if it has them."""
     return format_value(series.value, series.unit) + _extra_text(series)
 
 
@@ -140,7 +140,9 @@ def _workload_section(workload: WorkloadResult) -> list[str]:
 def _flat_table(point: Point, workload: WorkloadResult) -> list[str]:
     """One row per contender, with the main aether figure's ratio against it; other
     ratios (aether against aether, interleaved figures) follow as a list."""
-    heading = "median" if point.x is None else f"median ({point.x:,} events)"
+    latency = all(s.unit == "us" for s in point.series.values())
+    what = "p50 (p99)" if latency else "median"
+    heading = what if point.x is None else f"{what} ({point.x:,} events)"
     main = _first_aether(point)
     lines = [f"| contender | {heading} | aether vs this |", "| --- | ---: | ---: |"]
     against = {r.baseline: r for r in point.ratios if r.contender == main}
@@ -170,6 +172,8 @@ def _first_aether(point: Point) -> str:
 def _extra_text(series: Series) -> str:
     if "conflicts_per_s" in series.extra:
         return f", {series.extra['conflicts_per_s']:,.0f} conflicts/s"
+    if series.unit == "us" and "p99" in series.extra:
+        return f" (p99 {series.extra['p99']:,.0f})"
     return ""
 
 

@@ -111,10 +111,11 @@ def bench(
     """Benchmark aether against raw nats-py and the eventsourcing library, side by side.
 
     Appends (1 writer; concurrent writers on distinct actors; a hot actor),
-    get_latest_version latency and replay throughput by history length, and snapshot +
-    tail against full replay. Baselines run in the same rounds (interleaved), and every
-    figure is reported as a ratio to them. The full run takes a few minutes; --quick
-    well under one.
+    get_latest_version latency and replay throughput by history length, snapshot +
+    tail against full replay, subscribe() catch-up and live latency, and the event bus
+    (in-process, and across two processes). Baselines run in the same rounds
+    (interleaved), and every figure is reported as a ratio to them. The full run takes a
+    few minutes; --quick well under one.
     """
     names = tuple(part.strip() for item in only for part in item.split(",") if part.strip())
     options = SuiteOptions(
@@ -130,7 +131,7 @@ def bench(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--only") from None
     with nats_server(url) as (server_url, server):
-        options = replace(options, server=server)
+        options = replace(options, server=server, url=server_url)
         try:
             with _RichProgress() as progress:
                 result = asyncio.run(run_suite(_connector(server_url), options, progress))
@@ -241,11 +242,11 @@ def print_result(result: SuiteResult) -> None:
     console = _stdout_console()
     table = _table(
         "workload",
-        "history",
+        "at",
         "contender",
         "median",
         "aether vs this",
-        right=("history", "median", "aether vs this"),
+        right=("at", "median", "aether vs this"),
     )
     for workload in result.workloads:
         for point in sorted(workload.points, key=lambda p: p.x or 0):
@@ -255,7 +256,7 @@ def print_result(result: SuiteResult) -> None:
                 ratio = ratios.get(key)
                 table.add_row(
                     workload.id,
-                    "" if point.x is None else f"{point.x:,}",
+                    "" if point.x is None else _x_text(point.x, workload.x_label),
                     series.label,
                     format_series(series),
                     f"{ratio.value:.2f}x" if ratio else "",
@@ -282,6 +283,14 @@ def print_result(result: SuiteResult) -> None:
     console.print(
         f"took {format_duration(result.elapsed_s)}" + (f"; wrote {files}" if files else "")
     )
+
+
+def _x_text(x: int, x_label: str | None) -> str:
+    """A point's x with what it counts, in a word: "1,000 events", "1 subscriber"."""
+    unit = (x_label or "").split(" ", 1)[0]
+    if x == 1 and unit.endswith("s"):
+        unit = unit[:-1]
+    return f"{x:,} {unit}".rstrip()
 
 
 class _RichProgress:

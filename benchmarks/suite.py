@@ -75,6 +75,9 @@ class SuiteOptions:
     only: tuple[str, ...] = ()
     #: how the server was obtained, for the report (e.g. "embedded nats-server")
     server: str = ""
+    #: the server's URL for the bus workload's processes, when ``connect`` is not a URL
+    #: (without either, that workload starts a server of its own)
+    url: str | None = None
     #: the events stream's storage
     storage: Literal["file", "memory"] = "file"
     #: the command that produced the run, for the report
@@ -116,13 +119,21 @@ async def run_suite(
     needs_peers = any(w in selected for w in _PEER_WORKLOADS)
     if needs_peers:
         load_eventsourcing()
+    if "bus_nats" in selected and options.url is None and not isinstance(connect, str):
+        from aether.testing import find_nats_server
+
+        find_nats_server()  # NatsServerNotFoundError now rather than after the other workloads
     if options.charts and options.out_dir is not None:
         from benchmarks import charts
 
         charts.check_available()
 
     started = time.perf_counter()
-    nc = await (nats.connect(connect) if isinstance(connect, str) else connect())
+
+    async def open_connection() -> Client:
+        return await (nats.connect(connect) if isinstance(connect, str) else connect())
+
+    nc = await open_connection()
     result = SuiteResult(
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         environment=_environment(nc, options),
@@ -138,7 +149,12 @@ async def run_suite(
             "pre-encoded payloads where possible (the client ceiling)",
         },
     )
+    if "bus_local" in selected:
+        result.baselines["asyncio"] = (
+            "plain asyncio: the bus's fan-out hand-written with one asyncio.Queue per subscriber"
+        )
     stream = f"aether_bench_{secrets.token_hex(3)}"
+    extra_streams: list[str] = []
     try:
         store = await JetStreamEventStore.open(nc, stream, JetStreamConfig(storage=options.storage))
         try:
@@ -151,6 +167,9 @@ async def run_suite(
                         sizes,
                         progress,
                         peers,
+                        connect=open_connection,
+                        url=connect if isinstance(connect, str) else options.url,
+                        streams=extra_streams,
                     )
                     await _run_workloads(bench, selected, result, progress)
                 finally:
@@ -160,7 +179,7 @@ async def run_suite(
                     if postgres is not None:
                         postgres.close()
         finally:
-            for name in (store.stream_name, f"{store.stream_name}_snapshots"):
+            for name in (store.stream_name, f"{store.stream_name}_snapshots", *extra_streams):
                 with contextlib.suppress(Exception):
                     await nc.request(f"$JS.API.STREAM.DELETE.{name}", b"", timeout=10)
     finally:
@@ -289,6 +308,24 @@ def evaluate_targets(result: SuiteResult, sizes: Sizes) -> list[Target]:
             1.5,
             primary=False,
         ),
+        Target(
+            "catchup_vs_get_events",
+            f"catch-up of {sizes.catchup_events:,} events of {sizes.catchup_actors:,} actors: "
+            "subscribe vs get_events of as many events",
+            "subscribe_catchup",
+            "min",
+            0.8,
+            primary=True,
+        ),
+        Target(
+            "live_vs_round_trip",
+            "live subscribe, append start to delivery on another connection: p50 vs one "
+            "get_latest_version round trip (latency)",
+            "subscribe_live",
+            "max",
+            2.0,
+            primary=True,
+        ),
     ]
     for target in targets:
         _judge(target, result, longest, lengths)
@@ -389,6 +426,54 @@ def _judge(target: Target, result: SuiteResult, longest: int, lengths: list[int]
         target, result, "raw.ordered", lengths
     ):
         target.comment = _per_length(result, "raw.ordered") + "."
+    elif target.id == "catchup_vs_get_events":
+        _judge_catchup(target, result)
+    elif target.id == "live_vs_round_trip":
+        _judge_live(target, result)
+
+
+def _judge_catchup(target: Target, result: SuiteResult) -> None:
+    wid, main = "subscribe_catchup", "aether.subscribe"
+    target.value = _ratio(result, wid, None, main, "aether.get_events.one_actor")
+    per_actor = _ratio(result, wid, None, main, "aether.get_events.per_actor")
+    if target.value is None or per_actor is None:
+        return
+    target.comment = (
+        "Compared with get_events of one actor holding as many events: the same event "
+        "count and sizes through one consumer on either side, so the ratio is the cost per "
+        "event of the subscription's pull loop and bookkeeping against the replay's. "
+        f"Against get_events of each actor of the same history in turn (one consumer per "
+        f"actor, as an application without subscribe reads them): {per_actor:.2f}x."
+    )
+    if not target.passed:
+        target.comment += (
+            " Below target: the subscription keeps one pull in flight where get_events "
+            "keeps two, and tracks positions and lag per event."
+        )
+
+
+def _judge_live(target: Target, result: SuiteResult) -> None:
+    workload = result.workload("subscribe_live")
+    if workload is None or not workload.points:
+        return
+    series = workload.points[0].series
+    live, glv = series.get("aether.subscribe.live"), series.get("aether.get_latest_version")
+    append = series.get("aether.save_event")
+    if live is None or glv is None or not glv.value:
+        return
+    target.value = live.value / glv.value
+    target.comment = (
+        f"p50 {live.value:,.0f} µs from the append's start to the subscriber (p99 "
+        f"{live.extra['p99']:,.0f} µs) against {glv.value:,.0f} µs for one "
+        f"get_latest_version round trip (p99 {glv.extra['p99']:,.0f} µs)"
+    )
+    if append is not None:
+        target.comment += f"; the append alone takes {append.value:,.0f} µs (p50)"
+    target.comment += (
+        f". From the writer's ack the subscriber has it after {live.extra['after_ack_p50']:,.0f}"
+        f" µs (p50; negative: before the ack, {live.extra['before_ack_share']:.0%} of the "
+        "appends): the server sends the ack and the delivery together."
+    )
 
 
 def _throughput_lengths(sizes: Sizes) -> list[int]:

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from nats.aio.client import Client
+
 from aether import ActorSnapshot, Event, VersionConflictError
 from aether.store import JetStreamEventStore
 from benchmarks.baselines import RawNats, make_event
@@ -65,6 +67,16 @@ class Bench:
     progress: ProgressSink
     peers: list[EsPeer] = field(default_factory=list)
     histories: dict[int, History] = field(default_factory=dict)
+    #: opens another connection to the server (the live subscriber's)
+    connect: Callable[[], Awaitable[Client]] | None = None
+    #: the server's URL, for the workloads that start processes (None: they start a
+    #: server of their own)
+    url: str | None = None
+    #: streams the workloads created besides the store's (deleted by the suite)
+    streams: list[str] = field(default_factory=list)
+    #: the read-side workloads' stream (``read_stream``) and how many events it holds
+    read_store: JetStreamEventStore | None = None
+    read_position: int = 0
 
     def _workload(self, workload_id: str, description: str) -> WorkloadResult:
         return WorkloadResult(workload_id, WORKLOADS[workload_id], description)
@@ -619,6 +631,37 @@ class Bench:
             )
         self.progress.finish(wid)
         return result
+
+    # -- the read side and the bus (benchmarks.subscribe, benchmarks.bus) ------------------
+
+    async def read_stream(self) -> JetStreamEventStore:
+        """The subscribe workloads' store, on a stream of its own (created on first use):
+        ``subscribe(after=0)`` there reads exactly what these workloads wrote."""
+        if self.read_store is None:
+            name = f"{self.store.stream_name}_read"
+            self.streams += [name, f"{name}_snapshots"]
+            self.read_store = await JetStreamEventStore.open(self.raw.nc, name, self.store.config)
+        return self.read_store
+
+    async def subscribe_catchup(self) -> WorkloadResult:
+        from benchmarks.subscribe import subscribe_catchup
+
+        return await subscribe_catchup(self)
+
+    async def subscribe_live(self) -> WorkloadResult:
+        from benchmarks.subscribe import subscribe_live
+
+        return await subscribe_live(self)
+
+    async def bus_local(self) -> WorkloadResult:
+        from benchmarks.bus import bus_local
+
+        return await bus_local(self)
+
+    async def bus_nats(self) -> WorkloadResult:
+        from benchmarks.bus import bus_nats
+
+        return await bus_nats(self)
 
 
 async def populate(store: JetStreamEventStore, actor_id: str, count: int) -> None:
