@@ -3,7 +3,8 @@ what it writes, not how fast.
 
 No timing assertions here: ratios and targets depend on the machine. These tests check
 that every workload runs next to its baselines, and that the JSON, the Markdown and the
-charts are written, with PostgreSQL reported as skipped when no DSN is given.
+charts are written, with PostgreSQL reported as skipped when no DSN is given; and the
+pure parts (sizes, targets, report rows) on made-up figures.
 """
 
 from __future__ import annotations
@@ -13,14 +14,21 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 from click.testing import CliRunner
+from nats.aio.client import Client
 
-from benchmarks import WORKLOADS, BenchDependencyError, Sizes, SuiteOptions, run_suite
-from benchmarks.baselines import require
-from benchmarks.run import bench
+from benchmarks import WORKLOADS, BenchDependencyError, Sizes, SuiteOptions, Target, run_suite
+from benchmarks.baselines import make_event, require
+from benchmarks.bus import local_bus_round, queue_round
+from benchmarks.model import Point, Series, SuiteResult, WorkloadResult
+from benchmarks.report import render_markdown
+from benchmarks.run import _x_text, bench
+from benchmarks.subscribe import latency_series, live_note
+from benchmarks.suite import evaluate_targets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +47,16 @@ TINY = Sizes(
     long_history=10,
     snapshot_tail=2,
     snapshot_rounds=1,
+    catchup_events=40,
+    catchup_actors=4,
+    catchup_rounds=1,
+    live_calls=3,
+    bus_events=50,
+    bus_subscribers=3,
+    bus_fanout_events=20,
+    bus_rounds=1,
 )
+NEW_WORKLOADS = ("subscribe_catchup", "subscribe_live", "bus_local", "bus_nats")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -75,11 +92,21 @@ async def test_suite_runs_every_workload_and_writes_results(nats_url: str, tmp_p
     # Every baseline family ran: raw nats-py and eventsourcing on SQLite.
     series = {key for w in data["workloads"] for p in w["points"] for key in p["series"]}
     assert {"raw.publish_async", "raw.js_publish", "raw.pull", "es_sqlite.decode"} <= series
+    # ... and the read side's and the bus's: aether's own reads, asyncio, raw core NATS.
+    assert {
+        "aether.get_events.one_actor",
+        "aether.get_events.per_actor",
+        "aether.get_latest_version",
+        "asyncio.queues",
+        "raw.core",
+        "raw.core.decode",
+    } <= series
     assert not any(key.startswith("es_postgres.") for key in series)
 
     # Targets are judged (values present), whatever the verdict on this machine.
     targets = {t["id"]: t for t in data["targets"]}
     assert {"pipelined_vs_publish_async", "replay_vs_es_sqlite"} <= set(targets)
+    assert {"catchup_vs_get_events", "live_vs_round_trip"} <= set(targets)
     for target in targets.values():
         assert target["value"] is not None and target["passed"] in (True, False)
 
@@ -123,6 +150,7 @@ def test_only_takes_prefixes_and_rejects_unknown_names() -> None:
         "append_pipelined",
         "append_hot",
     ]
+    assert SuiteOptions(only=("bus", "subscribe")).selected() == list(NEW_WORKLOADS)
     assert SuiteOptions(only=("replay", "latest_version")).selected() == [
         "latest_version",
         "replay",
@@ -193,3 +221,190 @@ def test_cli_bench_rejects_an_unknown_workload(tmp_path: Path) -> None:
     result = CliRunner().invoke(bench, ["--only", "nope", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "unknown workload 'nope'" in result.output
+
+
+def test_cli_bench_runs_the_read_side_and_bus_workloads(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AETHER_BENCH_POSTGRES_DSN", raising=False)
+    out = tmp_path / "results"
+    args = ["--url", nats_url, "--quick", "--only", "subscribe", "--only", "bus"]
+    result = CliRunner().invoke(bench, [*args, "--out", str(out), "--no-charts"])
+    assert result.exit_code == 0, result.output
+    for text in ("aether subscribe(after=0)", "aether NatsEventBus", "100 subscribers"):
+        assert text in result.output
+    data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [w["id"] for w in data["workloads"]] == list(NEW_WORKLOADS)
+    assert data["parameters"]["catchup_events"] == 5_000
+    assert data["skipped"] == []  # no eventsourcing workload: nothing to skip
+    targets = {t["id"]: t for t in data["targets"]}
+    for target_id in ("catchup_vs_get_events", "live_vs_round_trip"):
+        assert targets[target_id]["value"] is not None
+    assert targets["replay_vs_es_sqlite"]["value"] is None  # not run
+    nats_bus = data["workloads"][3]["points"][0]["series"]
+    for key in ("aether.nats_bus", "raw.core"):
+        extra = nats_bus[key]["extra"]
+        assert extra["lost"] == extra["dropped"] == extra["disordered"] == 0, key
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    assert "| contender | p50 (p99) | aether vs this |" in markdown
+    assert "| median events/s \\ subscribers | 1 | 100 |" in markdown
+    assert not list(out.glob("*.png"))
+
+
+async def test_bus_nats_starts_its_own_server_without_a_url(nats_url: str) -> None:
+    """Given a connection but no URL, the cross-process workload cannot tell its processes
+    where to connect: it starts a server of aether.testing for them."""
+
+    async def connect() -> Client:
+        return await nats.connect(nats_url)
+
+    options = SuiteOptions(sizes=TINY, out_dir=None, only=("bus_nats",))
+    result = await run_suite(connect, options)
+    workload = result.workload("bus_nats")
+    assert workload is not None
+    assert "started for this workload" in workload.notes[0]
+    assert workload.points[0].ratios[0].value > 0
+
+
+async def test_local_bus_rounds_deliver_everything() -> None:
+    events = [make_event("bus-t0001", v) for v in range(1, 501)]
+    for subscribers in (1, 7):
+        rate, dropped = await local_bus_round(events, subscribers)
+        assert rate > 0 and dropped == 0
+        assert await queue_round(events, subscribers) > 0
+
+
+def test_new_sizes_are_checked() -> None:
+    with pytest.raises(ValueError, match="multiple of catchup_actors"):
+        Sizes(catchup_events=1_000, catchup_actors=300)
+    for name in ("catchup_actors", "live_calls", "bus_subscribers", "bus_rounds"):
+        zero: dict[str, Any] = {name: 0}
+        with pytest.raises(ValueError, match=name):
+            Sizes(**zero)
+
+
+# -- the read side's targets and report rows, on made-up figures ----------------------------
+
+
+def _result(*workloads: WorkloadResult) -> SuiteResult:
+    env = {
+        "nats_server": "2.12.0",
+        "server": "test",
+        "storage": "file",
+        "cpus": 2,
+        "cpu": "cpu",
+        "platform": "linux",
+        "python": "CPython 3.12",
+        "aether": "0",
+        "nats_py": "0",
+        "eventsourcing": "0",
+    }
+    return SuiteResult("now", env, {"preset": "custom"}, {}, workloads=list(workloads))
+
+
+def _catchup(subscribe: float, one_actor: float, per_actor: float) -> WorkloadResult:
+    workload = WorkloadResult("subscribe_catchup", WORKLOADS["subscribe_catchup"], "")
+    point = Point(None)
+    for key, value in (
+        ("aether.subscribe", subscribe),
+        ("aether.get_events.one_actor", one_actor),
+        ("aether.get_events.per_actor", per_actor),
+    ):
+        point.add(Series(key, key, "events/s", value, samples=[value]))
+    point.ratio("aether.subscribe", "aether.get_events.one_actor", "vs one actor")
+    point.ratio("aether.subscribe", "aether.get_events.per_actor", "vs per actor")
+    workload.points.append(point)
+    return workload
+
+
+def _live(live_us: list[float], glv_us: list[float], after_ack_us: list[float]) -> WorkloadResult:
+    workload = WorkloadResult("subscribe_live", WORKLOADS["subscribe_live"], "")
+    point = Point(None)
+    live = point.add(latency_series("aether.subscribe.live", "live", live_us))
+    live.extra["after_ack_p50"] = sorted(after_ack_us)[len(after_ack_us) // 2]
+    live.extra["after_ack_p99"] = max(after_ack_us)
+    live.extra["before_ack_share"] = sum(x < 0 for x in after_ack_us) / len(after_ack_us)
+    point.add(latency_series("aether.get_latest_version", "one round trip", glv_us))
+    point.add(latency_series("aether.save_event", "append alone", glv_us))
+    point.ratio(
+        "aether.subscribe.live", "aether.get_latest_version", "vs glv", speed_of_latency=True
+    )
+    workload.points.append(point)
+    return workload
+
+
+def _targets(result: SuiteResult) -> dict[str, Target]:
+    return {t.id: t for t in evaluate_targets(result, TINY)}
+
+
+def test_catchup_target_is_the_ratio_to_get_events_of_as_many_events() -> None:
+    met = _targets(_result(_catchup(36_000, 40_000, 20_000)))["catchup_vs_get_events"]
+    assert met.value == pytest.approx(0.9)
+    assert met.passed is True
+    assert "same history in turn" in met.comment and "1.80x" in met.comment
+    missed = _targets(_result(_catchup(30_000, 40_000, 45_000)))["catchup_vs_get_events"]
+    assert missed.value == pytest.approx(0.75)
+    assert missed.passed is False
+    assert "Below target" in missed.comment
+    not_run = _targets(_result())["catchup_vs_get_events"]
+    assert not_run.value is None and not_run.passed is None
+
+
+def test_live_target_is_the_p50_over_one_round_trip() -> None:
+    live = [300.0, 400.0, 500.0]
+    glv = [150.0, 200.0, 250.0]
+    target = _targets(_result(_live(live, glv, [-20.0, -10.0, 30.0])))["live_vs_round_trip"]
+    assert target.value == pytest.approx(2.0)
+    assert target.passed is True  # at the threshold: p50 <= 2x
+    comment = target.comment
+    assert "p50 400 µs" in comment and "p99 500 µs" in comment and "200 µs" in comment
+    assert "67% of the appends" in comment
+    slower = _targets(_result(_live([500.0] * 3, glv, [1.0])))["live_vs_round_trip"]
+    assert slower.value == pytest.approx(2.5) and slower.passed is False
+
+
+def test_latency_series_and_live_note() -> None:
+    series = latency_series("k", "label", [float(x) for x in range(1, 101)])
+    assert series.unit == "us"
+    assert series.value == pytest.approx(50.0, abs=1)
+    assert series.extra["p99"] == pytest.approx(99.0, abs=1)
+    assert series.extra["calls"] == 100
+    point = _live([300.0, 310.0], [200.0, 210.0], [-40.0, 10.0]).points[0]
+    note = live_note(point)
+    assert "p50 10 µs" in note and "50% of the appends" in note
+
+
+def test_report_rows_of_the_new_workloads() -> None:
+    bus = WorkloadResult("bus_local", WORKLOADS["bus_local"], "", x_label="subscribers")
+    for subscribers, bus_rate, queue_rate in ((1, 1e6, 1.1e6), (100, 30_000.0, 20_000.0)):
+        point = Point(subscribers)
+        point.add(Series("aether.event_bus", "aether EventBus", "events/s", bus_rate))
+        point.add(Series("asyncio.queues", "asyncio.Queue", "events/s", queue_rate))
+        point.ratio("aether.event_bus", "asyncio.queues", "vs asyncio.Queue fan-out")
+        bus.points.append(point)
+    result = _result(
+        _catchup(36_000, 40_000, 20_000),
+        _live([300.0, 400.0, 500.0], [200.0] * 3, [-5.0]),
+        bus,
+    )
+    result.targets = evaluate_targets(result, TINY)
+    markdown = render_markdown(result)
+    assert "| aether.subscribe (`aether.subscribe`) | 36,000 events/s | — |" in markdown
+    assert (
+        "| aether.get_events.one_actor (`aether.get_events.one_actor`) | 40,000 events/s | 0.90x |"
+        in markdown
+    )
+    assert "| contender | p50 (p99) | aether vs this |" in markdown
+    assert "| live (`aether.subscribe.live`) | 400 µs (p99 500) | — |" in markdown
+    assert "| one round trip (`aether.get_latest_version`) | 200 µs (p99 200) | 0.50x |" in markdown
+    assert "| median events/s \\ subscribers | 1 | 100 |" in markdown
+    assert "| **aether vs asyncio.Queue fan-out** | 0.91x | 1.50x |" in markdown
+    assert "| 0.90x | >= 0.80x | met |" in markdown
+    assert "| 2.00x | <= 2.00x | met |" in markdown
+
+
+def test_cli_names_what_a_point_counts() -> None:
+    assert _x_text(1, "subscribers") == "1 subscriber"
+    assert _x_text(100, "subscribers") == "100 subscribers"
+    assert _x_text(1_000, "events in the actor's history") == "1,000 events"
+    assert _x_text(5, None) == "5"
