@@ -1,0 +1,645 @@
+"""Durable subscriptions: a server-side consumer per name, acks, parking, crashes.
+
+Every test runs against real nats-server processes. Crash tests SIGKILL real consumer
+processes (tests/_durable_consumer.py) or servers, check that the fault happened, and
+compare what the consumers logged with what the stream holds. Waits are for conditions
+(a delivery, a log line, a parked record), never fixed sleeps; the guards on them only
+turn a hang into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from aether import Event
+from aether.bus import SubscriptionFilter
+from aether.errors import StoreUnavailableError
+from aether.store import Delivery, DurableSubscription, JetStreamConfig, JetStreamEventStore
+from aether.store._durable import (
+    DeliverySettledError,
+    InvalidSubscriptionNameError,
+    ParkedEvent,
+    SubscriptionConflictError,
+    durable_subscriptions,
+    unpark,
+)
+from aether.store.config import InvalidConfigError
+from aether.testing import NatsCluster, NatsServer
+
+from ._stores import StoreFactory, unique
+
+ROOT = Path(__file__).resolve().parent.parent
+GUARD = 60.0  # seconds; only turns a hang into a failure
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], what: str, guard: float = GUARD
+) -> None:
+    """Wait until *check* (sync or async) is true, polling."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + guard
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def next_delivery(sub: DurableSubscription) -> Delivery:
+    return await asyncio.wait_for(anext(sub), GUARD)
+
+
+async def append(store: JetStreamEventStore, actors: int, versions: int) -> list[Event]:
+    """Append *versions* events to each of *actors* actors (one batch per actor); returns
+    them in stream order (their positions are 1.. on a fresh stream)."""
+    events: list[Event] = []
+    for a in range(actors):
+        batch = [Event("Deposited", f"acc-{a}", v, {"n": v}) for v in range(1, versions + 1)]
+        await store.save_events(batch)
+        events.extend(batch)
+    return events
+
+
+async def consumer_info(nc: Client, stream: str, name: str) -> dict[str, Any]:
+    msg = await nc.request(f"$JS.API.CONSUMER.INFO.{stream}.{name}", b"", timeout=5)
+    answer: dict[str, Any] = json.loads(msg.data)
+    return answer
+
+
+# -- arguments --------------------------------------------------------------------------
+
+
+async def test_bad_names_and_settings_are_refused_before_any_io(
+    js_store: JetStreamEventStore,
+) -> None:
+    for name in ["", "a.b", "a b", "*", ">", "a/b", "x" * 256, 7, None]:
+        with pytest.raises(InvalidSubscriptionNameError):
+            js_store.durable_subscription(name)  # type: ignore[arg-type]
+    assert issubclass(InvalidSubscriptionNameError, InvalidConfigError)
+    assert issubclass(InvalidSubscriptionNameError, ValueError)
+    for kwargs in [
+        {"max_deliver": 0},
+        {"max_deliver": True},
+        {"max_deliver": 2.0},
+        {"ack_wait": timedelta(0)},
+        {"ack_wait": 30},
+    ]:
+        with pytest.raises(InvalidConfigError):
+            js_store.durable_subscription("ok", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        js_store.durable_subscription("ok", filter="Deposited")  # type: ignore[arg-type]
+    js_store.durable_subscription("x" * 255)  # the server's longest consumer name
+
+
+# -- ack, nack, term --------------------------------------------------------------------
+
+
+async def test_ack_nack_and_term(js_store: JetStreamEventStore) -> None:
+    events = await append(js_store, 1, 3)
+    async with js_store.durable_subscription("worker") as sub:
+        first = await next_delivery(sub)
+        assert (first.event, first.position, first.attempt) == (events[0], 1, 1)
+        assert first.event.position == 1
+        await first.ack()
+        await first.ack()  # the same outcome again: a no-op
+        with pytest.raises(DeliverySettledError):
+            await first.nack()
+        with pytest.raises(DeliverySettledError):
+            await first.term()
+
+        second = await next_delivery(sub)
+        assert (second.position, second.attempt) == (2, 1)
+        await second.nack()
+        assert not second.parked and second.outcome == "nack"
+
+        third = await next_delivery(sub)
+        assert third.position == 3
+        await third.term("cannot handle v3")
+        assert third.parked and third.outcome == "term"
+        with pytest.raises(DeliverySettledError):
+            await third.ack()
+
+        again = await next_delivery(sub)  # the nacked event, delivered again
+        assert (again.position, again.attempt) == (2, 2)
+        await again.ack()
+
+        metrics = sub.metrics
+        assert (metrics.delivered, metrics.redelivered) == (4, 1)
+        assert (metrics.acked, metrics.nacked, metrics.parked) == (2, 1, 1)
+        assert metrics.lag == 0
+        info = await sub.info()
+        assert (info.pending, info.ack_pending, info.parked) == (0, 0, 1)
+        assert info.acked_position == 3  # the termed event is settled too
+
+    [parked] = await js_store.parked("worker")
+    assert isinstance(parked, ParkedEvent)
+    assert (parked.position, parked.reason, parked.attempts) == (3, "term", 1)
+    assert (parked.actor_id, parked.version, parked.event_id) == ("acc-0", 3, events[2].id)
+    assert parked.detail == "cannot handle v3"
+    assert parked.subscription == "worker"
+
+
+async def test_nack_with_a_delay_is_delivered_again(js_store: JetStreamEventStore) -> None:
+    await append(js_store, 1, 1)
+    async with js_store.durable_subscription("delayed") as sub:
+        first = await next_delivery(sub)
+        await first.nack(delay=timedelta(milliseconds=300))
+        again = await next_delivery(sub)
+        assert (again.position, again.attempt) == (1, 2)
+        await again.ack()
+        with pytest.raises(ValueError):
+            await again.nack(delay=-1)
+
+
+async def test_an_event_not_acked_within_ack_wait_is_delivered_again(
+    js_store: JetStreamEventStore,
+) -> None:
+    await append(js_store, 1, 1)
+    sub = js_store.durable_subscription("slow", ack_wait=timedelta(seconds=1))
+    async with sub:
+        first = await next_delivery(sub)
+        assert first.attempt == 1  # and never settled
+        again = await next_delivery(sub)  # waits for the redelivery itself
+        assert (again.position, again.attempt) == (1, 2)
+        await again.ack()
+        await first.ack()  # acking an old delivery of an acked event is harmless
+        assert sub.metrics.redelivered == 1
+
+
+async def test_a_new_subscription_object_resumes_where_the_name_stopped(
+    js_store: JetStreamEventStore,
+) -> None:
+    await append(js_store, 2, 5)  # positions 1..10
+    async with js_store.durable_subscription("resume") as sub:
+        for expected in range(1, 5):
+            delivery = await next_delivery(sub)
+            assert delivery.position == expected
+            await delivery.ack()
+    # Closing nacked what it had received but not handed out: it comes again at once.
+    async with js_store.durable_subscription("resume") as sub:
+        seen = []
+        for _ in range(6):
+            delivery = await next_delivery(sub)
+            seen.append(delivery.position)
+            await delivery.ack()
+        assert sorted(seen) == list(range(5, 11))
+        assert (await sub.info()).pending == 0
+
+
+# -- parking ----------------------------------------------------------------------------
+
+
+async def test_a_handler_that_keeps_failing_is_parked_on_its_last_nack(
+    js_store: JetStreamEventStore,
+) -> None:
+    events = await append(js_store, 1, 2)
+    async with js_store.durable_subscription("failing", max_deliver=3) as sub:
+        attempts: list[int] = []
+        others: list[int] = []
+        while len(attempts) < 3:
+            delivery = await next_delivery(sub)
+            if delivery.position != 1:
+                others.append(delivery.position)  # the next event is not held up
+                await delivery.ack()
+                continue
+            attempts.append(delivery.attempt)
+            assert delivery.is_last_attempt == (delivery.attempt == 3)
+            await delivery.nack()
+            assert delivery.parked == (delivery.attempt == 3)
+        # Parked by the last nack itself: listed at once, not after the server's
+        # max-deliveries advisory (which it sends only at its next delivery try).
+        [parked] = await js_store.parked("failing")
+        assert (parked.position, parked.reason, parked.attempts) == (1, "max_deliver", 3)
+        assert parked.event_id == events[0].id
+        assert attempts == [1, 2, 3]
+        assert others == [2]
+        assert sub.metrics.parked == 1
+        assert sub.metrics.nacked == 2
+        info = await sub.info()
+        assert (info.ack_pending, info.pending, info.parked) == (0, 0, 1)
+
+
+async def test_an_event_whose_last_attempt_times_out_is_parked(
+    js_store: JetStreamEventStore,
+) -> None:
+    """Its handler never settles it (crashed or stuck): after max_deliver attempts the
+    next delivery parks it without handing it out."""
+    await append(js_store, 1, 1)
+    sub = js_store.durable_subscription("stuck", max_deliver=2, ack_wait=timedelta(seconds=1))
+    async with sub:
+        first = await next_delivery(sub)
+        second = await next_delivery(sub)
+        assert [first.attempt, second.attempt] == [1, 2]
+        more: list[Delivery] = []
+
+        async def keep_reading() -> None:
+            async for delivery in sub:
+                more.append(delivery)
+
+        reader = asyncio.create_task(keep_reading())
+        try:
+
+            async def is_parked() -> bool:
+                return bool(await js_store.parked("stuck"))
+
+            await until(is_parked, "the timed-out event is parked")
+        finally:
+            reader.cancel()
+        [parked] = await js_store.parked("stuck")
+        assert (parked.position, parked.reason, parked.attempts) == (1, "max_deliver", 2)
+        assert more == []  # never handed out a third time
+        assert sub.metrics.parked == 1
+        info = await sub.info()
+        assert (info.ack_pending, info.pending) == (0, 0)
+
+
+async def test_a_malformed_message_is_parked_not_skipped(
+    js_store: JetStreamEventStore, nc: Client
+) -> None:
+    js = nc.jetstream()
+    await js.publish(js_store.subject_for("acc-0"), b"not json")
+    wrong_actor = Event("Deposited", "someone-else", 1).to_json()
+    await js.publish(js_store.subject_for("acc-0"), wrong_actor)
+    good = Event("Deposited", "acc-1", 1)
+    await js_store.save_event(good)
+    async with js_store.durable_subscription("strict") as sub:
+        delivery = await next_delivery(sub)
+        assert (delivery.event, delivery.position) == (good, 3)
+        await delivery.ack()
+        assert sub.metrics.parked == 2
+    parked = await js_store.parked("strict")
+    assert [(p.position, p.reason, p.attempts) for p in parked] == [
+        (1, "malformed", 0),
+        (2, "malformed", 0),
+    ]
+    assert parked[0].actor_id == "acc-0"  # read from the subject
+    assert "someone-else" in parked[1].detail
+
+
+async def test_parking_twice_records_once_and_unpark_removes_it(
+    js_store: JetStreamEventStore,
+) -> None:
+    await append(js_store, 1, 1)
+    sub = js_store.durable_subscription("twice")
+    async with sub:
+        delivery = await next_delivery(sub)
+        await delivery.term()
+        # A second subscriber parking the same event (e.g. after a crash between the
+        # record and the +TERM) records nothing new.
+        await sub._park(
+            delivery._reply,
+            delivery._epoch,
+            1,
+            js_store.subject_for("acc-0"),
+            delivery.event,
+            attempts=1,
+            reason="term",
+            detail="again",
+        )
+    [parked] = await js_store.parked("twice")
+    assert parked.detail != "again"
+    assert await unpark(js_store, "twice", 1) is True
+    assert await unpark(js_store, "twice", 1) is False
+    assert await js_store.parked("twice") == []
+    assert await js_store.parked("never-made") == []
+
+
+# -- filters and existing consumers -----------------------------------------------------
+
+
+async def test_a_filter_hands_out_what_it_matches_and_acks_the_rest(
+    js_store: JetStreamEventStore,
+) -> None:
+    await js_store.save_event(Event("Opened", "order-1", 1))
+    await js_store.save_event(Event("Deposited", "order-1", 2))
+    await js_store.save_event(Event("Opened", "customer-1", 1))
+    await js_store.save_event(Event("Opened", "order-2", 1))
+    wanted = SubscriptionFilter(event_types=["Opened"], actor_pattern="order-*")
+    async with js_store.durable_subscription("orders", filter=wanted) as sub:
+        assert sub.filter_subject == f"{js_store.stream_name}.events.>"
+        got = []
+        for _ in range(2):
+            delivery = await next_delivery(sub)
+            got.append((delivery.event.actor_id, delivery.event.event_type))
+            await delivery.ack()
+        assert got == [("order-1", "Opened"), ("order-2", "Opened")]
+        assert sub.metrics.filtered == 2
+
+        async def all_settled() -> bool:
+            info = await sub.info()
+            return info.pending == 0 and info.ack_pending == 0
+
+        await until(all_settled, "the filtered-out events are acked")
+    # One exact actor id: narrowed on the server.
+    one = SubscriptionFilter(actor_pattern="order-1")
+    async with js_store.durable_subscription("order-1", filter=one) as sub:
+        assert sub.filter_subject == js_store.subject_for("order-1")
+        assert [(await next_delivery(sub)).event.version for _ in range(2)] == [1, 2]
+        assert (await sub.info()).pending == 0
+
+
+async def test_an_existing_consumer_is_reused_updated_or_refused(
+    js_store: JetStreamEventStore, nc: Client
+) -> None:
+    first = SubscriptionFilter(event_types=["Opened"])
+    async with js_store.durable_subscription("shared", filter=first):
+        pass
+    # Tuning may change: the latest opener's ack_wait and max_deliver win.
+    sub = js_store.durable_subscription(
+        "shared", filter=first, ack_wait=timedelta(seconds=7), max_deliver=9
+    )
+    async with sub:
+        info = await sub.info()
+        assert (info.ack_wait, info.max_deliver, info.filter) == (timedelta(seconds=7), 9, first)
+    # What it covers may not.
+    other = js_store.durable_subscription("shared", filter=SubscriptionFilter(["Closed"]))
+    with pytest.raises(SubscriptionConflictError) as caught:
+        await other.__aenter__()
+    assert caught.value.setting == "filter"
+    # A consumer that is not aether's keeps its name.
+    js = nc.jetstream()
+    await js.add_consumer(js_store.stream_name, durable_name="foreign", ack_policy="explicit")
+    with pytest.raises(SubscriptionConflictError) as caught:
+        await anext(js_store.durable_subscription("foreign"))
+    assert caught.value.setting == "consumer"
+
+    listed = await durable_subscriptions(js_store)
+    assert [i.name for i in listed] == ["shared"]  # not the foreign consumer
+
+
+async def test_durable_subscriptions_lists_pending_and_parked(
+    js_store: JetStreamEventStore,
+) -> None:
+    await append(js_store, 1, 4)
+    async with js_store.durable_subscription("a") as sub:
+        await (await next_delivery(sub)).ack()
+        await (await next_delivery(sub)).term()
+    async with js_store.durable_subscription("b"):
+        pass
+    a, b = await durable_subscriptions(js_store)
+    assert (a.name, a.parked, a.acked_position) == ("a", 1, 2)
+    assert a.pending + a.ack_pending == 2  # two events not settled (nacked at close)
+    assert (b.name, b.parked, b.pending, b.ack_pending) == ("b", 0, 4, 0)
+
+
+# -- crashes ----------------------------------------------------------------------------
+
+
+def _spawn(url: str, stream: str, name: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests._durable_consumer", url, stream, name, str(log), *extra],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _log_lines(log: Path) -> list[list[str]]:
+    if not log.exists():
+        return []
+    return [line.split() for line in log.read_text().splitlines() if line]
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=GUARD)
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+async def test_a_consumer_sigkilled_mid_stream_loses_nothing_and_repeats_no_ack(
+    nats_url: str, open_store: StoreFactory, tmp_path: Path
+) -> None:
+    """A consumer process acks 40 events, hangs in its handler on the next one and is
+    SIGKILLed. A new subscriber on the name gets everything not acked (the hung event
+    again, with a higher attempt) and nothing that was acked."""
+    store = await open_store()
+    events = await append(store, 10, 20)  # positions 1..200
+    log = tmp_path / "consumer.log"
+    proc = _spawn(
+        nats_url, store.stream_name, "crashy", log, "--ack-wait", "2", "--hang-after", "40"
+    )
+    try:
+        await until(
+            lambda: sum(1 for line in _log_lines(log) if line[0] == "handled") == 41,
+            "the child handles 41 events",
+        )
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=GUARD) == -signal.SIGKILL  # the fault happened
+    finally:
+        _stop(proc)
+    lines = _log_lines(log)
+    acked_first = {int(line[1]) for line in lines if line[0] == "acked"}
+    handled_first = [int(line[1]) for line in lines if line[0] == "handled"]
+    [hung] = [p for p in handled_first if p not in acked_first]
+    assert len(acked_first) == 40
+
+    handled: list[tuple[int, int]] = []
+    acked: set[int] = set()
+    async with store.durable_subscription("crashy", ack_wait=timedelta(seconds=2)) as sub:
+        while len(acked_first | acked) < len(events):
+            delivery = await next_delivery(sub)
+            handled.append((delivery.position, delivery.attempt))
+            await delivery.ack()
+            acked.add(delivery.position)
+    assert acked_first | acked == set(range(1, len(events) + 1))  # nothing lost
+    assert acked_first.isdisjoint(p for p, _ in handled)  # no acked event again
+    assert max(a for p, a in handled if p == hung) >= 2  # the hung one, redelivered
+    assert await store.parked("crashy") == []
+
+
+@pytest.mark.slow
+async def test_two_processes_on_one_name_share_the_work(
+    nats_url: str, open_store: StoreFactory, tmp_path: Path
+) -> None:
+    store = await open_store()
+    log = tmp_path / "shared.log"
+    procs = [_spawn(nats_url, store.stream_name, "pair", log) for _ in range(2)]
+    try:
+        await until(
+            lambda: sum(1 for line in _log_lines(log) if line[0] == "ready") == 2,
+            "both consumers are ready",
+        )
+        events = await append(store, 20, 15)  # 300 events, appended while both pull
+        total = len(events)
+        await until(
+            lambda: len({line[1] for line in _log_lines(log) if line[0] == "acked"}) == total,
+            "every event is acked",
+        )
+        for proc in procs:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            assert proc.wait(timeout=GUARD) == 0
+    finally:
+        for proc in procs:
+            _stop(proc)
+    acks = [(int(line[1]), line[2]) for line in _log_lines(log) if line[0] == "acked"]
+    positions = [p for p, _ in acks]
+    assert sorted(positions) == list(range(1, total + 1))  # every event, each acked once
+    by_process = {pid for _, pid in acks}
+    assert len(by_process) == 2  # both did part of the work
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("crash", [False, True], ids=["stop", "sigkill"])
+async def test_the_position_survives_a_server_restart(
+    fresh_nats_server: NatsServer, crash: bool
+) -> None:
+    """File storage: after a restart the consumer still knows what was acked, and the
+    subscription carries on by itself once the client has reconnected.
+
+    A graceful stop writes the consumer's state: nothing acked comes again. nats-server
+    (2.15) writes a consumer's state to disk shortly after it changes (about 0.1 s, not
+    at each ack), so a SIGKILL loses the acks of that last moment: those events are
+    delivered again after ``ack_wait`` (at least once), and nothing is lost."""
+    nc = await nats.connect(
+        fresh_nats_server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1
+    )
+    try:
+        store = await JetStreamEventStore.open(nc, unique("restart"))
+        await append(store, 2, 10)  # positions 1..20
+        sub = store.durable_subscription("survivor", ack_wait=timedelta(seconds=2))
+        async with sub:
+            for expected in range(1, 9):
+                delivery = await next_delivery(sub)
+                assert delivery.position == expected
+                await delivery.ack()
+            if crash:
+                fresh_nats_server.kill()
+                assert not fresh_nats_server.is_running
+            await asyncio.to_thread(fresh_nats_server.restart)
+            await until(lambda: nc.is_connected, "the client reconnects")
+            await store.save_event(Event("Deposited", "acc-9", 1))  # position 21
+            after: list[int] = []
+
+            async def consume() -> None:
+                async for delivery in sub:
+                    after.append(delivery.position)
+                    await delivery.ack()
+
+            consumer = asyncio.create_task(consume())
+            try:
+
+                async def all_settled() -> bool:
+                    assert not consumer.done(), consumer
+                    info = await sub.info()
+                    return (info.acked_position, info.ack_pending, info.pending) == (21, 0, 0)
+
+                await until(all_settled, "every event is acked")
+            finally:
+                consumer.cancel()
+            assert set(range(9, 22)) <= set(after)  # nothing lost
+            repeated = sorted(p for p in set(after) if p <= 8)
+            if not crash:
+                assert repeated == []  # the position was kept exactly
+            print(
+                f"\n[durable restart crash={crash}] acked before it, delivered again: "
+                f"{repeated}; forgotten deliveries: {sub.metrics.forgotten}"
+            )
+            assert sub.metrics.repulls >= 1  # the restart did reach the subscription
+            assert await store.parked("survivor") == []
+    finally:
+        await nc.close()
+
+
+@pytest.mark.cluster
+@pytest.mark.fault
+async def test_a_consumer_leader_kill_during_consumption_loses_nothing(
+    nats_cluster: NatsCluster,
+) -> None:
+    nc = await nats.connect(
+        servers=nats_cluster.urls, reconnect_time_wait=0.2, max_reconnect_attempts=-1
+    )
+    killed: int | None = None
+    try:
+        store = await JetStreamEventStore.open(
+            nc, unique("durable-r3"), JetStreamConfig(replica_count=3)
+        )
+        events = await append(store, 10, 20)  # positions 1..200
+        sub = store.durable_subscription("r3", ack_wait=timedelta(seconds=5))
+        acked: set[int] = set()
+        deliveries = 0
+        total = len(events)
+
+        async def consume() -> None:
+            nonlocal deliveries
+            async for delivery in sub:
+                deliveries += 1
+                await delivery.ack()
+                acked.add(delivery.position)
+                if len(acked) == total:
+                    return
+
+        async with sub:
+            consumer = asyncio.create_task(consume())
+            await until(lambda: len(acked) >= 50 or consumer.done(), "50 events acked")
+            info = await consumer_info(nc, store.stream_name, "r3")
+            old = info["cluster"]["leader"]
+            killed = nats_cluster.names.index(old)
+            retries_before = store.stats.retries + sub.metrics.repulls
+            nats_cluster.kill(killed)
+            # Appended during the election: consumption must get these too.
+            total += len(await append_more(store, 5))
+
+            async def new_leader() -> bool:
+                try:
+                    info = await consumer_info(nc, store.stream_name, "r3")
+                except (nats.errors.Error, TimeoutError):
+                    return False
+                leader = (info.get("cluster") or {}).get("leader")
+                return leader is not None and leader != old
+
+            await until(new_leader, "a new consumer leader", guard=120)
+            await asyncio.wait_for(consumer, 120)
+        assert acked == set(range(1, total + 1))  # nothing lost
+        # The kill reached the subscriber: a pull or an ack had to be sent again.
+        assert store.stats.retries + sub.metrics.repulls > retries_before
+        print(f"\n[durable R3 leader kill] events={total} deliveries={deliveries}")
+    finally:
+        await nc.close()
+        if killed is not None:
+            await asyncio.to_thread(nats_cluster.start, killed)
+
+
+async def append_more(store: JetStreamEventStore, actors: int) -> list[Event]:
+    """Five more events for each of *actors* new actors, one append each (retried by the
+    store through an election)."""
+    events = []
+    for a in range(actors):
+        for v in range(1, 6):
+            event = Event("Deposited", f"late-{a}", v)
+            await store.save_event(event)
+            events.append(event)
+    return events
+
+
+async def test_iteration_fails_when_the_connection_is_gone(
+    nats_url: str, open_store: StoreFactory
+) -> None:
+    store = await open_store()
+    await append(store, 1, 1)
+    sub = store.durable_subscription("orphan")
+    async with sub:
+        await (await next_delivery(sub)).ack()
+        await store._nc.close()
+        with pytest.raises(StoreUnavailableError):
+            await next_delivery(sub)
