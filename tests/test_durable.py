@@ -320,6 +320,64 @@ async def test_parking_twice_records_once_and_unpark_removes_it(
     assert await js_store.parked("never-made") == []
 
 
+async def test_a_park_whose_term_was_lost_is_not_handed_out_again(
+    open_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The subscriber records the park, then its +TERM never reaches the server (the
+    connection failed): the event comes again, is found parked and terminated, and no
+    handler sees it a second time."""
+    caplog.set_level("INFO", logger="aether.store")
+    store = await open_store(config=JetStreamConfig(retry_deadline=timedelta(seconds=1)))
+    await append(store, 1, 2)
+    nc = store._nc
+    real_request = nc.request
+    dropped = 0
+    armed = True
+
+    async def request(subject: str, payload: bytes = b"", **kwargs: Any) -> Any:
+        nonlocal dropped
+        if armed and subject.startswith("$JS.ACK.") and payload.startswith(b"+TERM"):
+            dropped += 1
+            raise nats.errors.TimeoutError  # never sent: lost on the way
+        return await real_request(subject, payload, **kwargs)
+
+    nc.request = request  # type: ignore[method-assign]
+    sub = store.durable_subscription("lost-term", ack_wait=timedelta(seconds=1))
+    async with sub:
+        first = await next_delivery(sub)
+        assert first.position == 1
+        with pytest.raises(StoreUnavailableError):
+            await first.term("poison")  # recorded, but not terminated on the server
+        assert dropped >= 1  # the fault happened
+        assert first.outcome is None
+        [parked] = await store.parked("lost-term")
+        assert (parked.position, parked.reason) == (1, "term")
+        armed = False
+        second = await next_delivery(sub)
+        assert second.position == 2
+        await second.ack()
+
+        async def settled() -> bool:
+            info = await sub.info()
+            return (info.ack_pending, info.pending, info.acked_position) == (0, 0, 2)
+
+        handed_out: list[int] = []
+
+        async def keep_reading() -> None:
+            async for delivery in sub:  # (2 may come again: it waited past ack_wait)
+                handed_out.append(delivery.position)
+                await delivery.ack()
+
+        reader = asyncio.create_task(keep_reading())
+        try:
+            await until(settled, "the redelivered, parked event is terminated")
+        finally:
+            reader.cancel()
+        assert 1 not in handed_out  # position 1 came again, and no handler saw it
+        assert "position 1, already parked, is terminated" in caplog.text
+    assert len(await store.parked("lost-term")) == 1
+
+
 # -- filters and existing consumers -----------------------------------------------------
 
 

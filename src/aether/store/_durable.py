@@ -73,9 +73,11 @@ Parking writes a record (:class:`ParkedEvent`) to the stream ``<events stream>_p
 ``Nats-Expected-Last-Subject-Sequence: 0`` so parking an event twice records it once),
 then sends ``+TERM`` so the server stops delivering it; it logs a warning (logger
 ``aether.store``) and counts it in ``metrics.parked``. The record is written *before*
-the ``+TERM``: a subscriber that dies in between leaves the message unsettled, it is
-delivered again and parked again (recorded once). So a parked event is never lost, even
-through crashes, and never skipped silently. The server's own ``max_deliver`` is not used
+the ``+TERM``: a subscriber that dies in between leaves the message unsettled, and it
+is delivered again; every redelivery (``attempt > 1``) looks for its own park record
+(one read) and, found, is terminated without being handed out. So a parked event is
+never lost, even through crashes, never skipped silently, and once recorded never
+handled again. The server's own ``max_deliver`` is not used
 (``-1``): nats-server (2.15) sends its max-deliveries advisory only when it next tries to
 deliver the message, over core NATS (lost if no subscriber listens or records it
 before crashing), and then drops the message for good; keeping the server redelivering
@@ -819,6 +821,15 @@ class DurableSubscription:
             )
             return None
         self._pending = pending
+        if attempt > 1 and await self._already_parked(msg, seq):
+            # Parked by an earlier delivery whose +TERM never reached the server.
+            await self._settle(msg.reply, b"+TERM parked", seq, epoch)
+            _log.info(
+                "durable subscription %r: position %d, already parked, is terminated",
+                self._name,
+                seq,
+            )
+            return None
         if attempt > self._max_deliver:
             event = self._decode(msg, seq)
             await self._park(
@@ -862,6 +873,22 @@ class DurableSubscription:
         if attempt > 1:
             self._metrics.redelivered += 1
         return Delivery(self, msg.reply, event, attempt, epoch)
+
+    async def _already_parked(self, msg: Msg, seq: int) -> bool:
+        """Whether (name, *seq*) has a park record of this very message (one read)."""
+        subject = f"{self._stream}.parked.{self._name}.{seq}"
+        try:
+            found = await self._api.last_msg(self._parked_stream, subject)
+        except StreamNotFoundError:
+            return False
+        if found is None:
+            return False
+        event = self._decode(msg, seq)
+        key = _park_key(event.id if isinstance(event, Event) else None, msg.subject)
+        try:
+            return bool(_json.loads(found.data).get("key") == key)
+        except (ValueError, AttributeError):
+            return False
 
     def _decode(self, msg: Msg, seq: int) -> Event | str:
         """The event in *msg* (position set), or why it is malformed."""
@@ -1418,8 +1445,7 @@ async def _write_park_record(
     api = store._api
     stream = store.stream_name + PARKED_SUFFIX
     subject = f"{store.stream_name}.parked.{name}.{seq}"
-    key = f"{record.get('eventId')}|{record['subject']}"
-    record["key"] = hashlib.sha256(key.encode()).hexdigest()[:32]
+    record["key"] = _park_key(record.get("eventId"), record["subject"])
     payload = _json.dumps(record)
     expected = 0
     recreated = False
@@ -1460,6 +1486,12 @@ async def _write_park_record(
             return
         expected = existing.seq
     raise StoreUnavailableError(f"could not record the park of position {seq} of {name!r}")
+
+
+def _park_key(event_id: str | None, subject: str) -> str:
+    """What tells one parked message from another stored at the same sequence by an
+    earlier incarnation of the stream: its event id (none if malformed) and subject."""
+    return hashlib.sha256(f"{event_id}|{subject}".encode()).hexdigest()[:32]
 
 
 async def _parked_counts(store: JetStreamEventStore) -> dict[str, int]:
