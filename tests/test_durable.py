@@ -412,6 +412,41 @@ async def test_a_filter_hands_out_what_it_matches_and_acks_the_rest(
         assert (await sub.info()).pending == 0
 
 
+async def test_an_event_the_filter_leaves_out_is_never_parked(
+    js_store: JetStreamEventStore,
+) -> None:
+    """Its ack is fire and forget: if those acks are lost it comes again, past
+    max_deliver, and is still only filtered out."""
+    await js_store.save_event(Event("Closed", "acc-0", 1))
+    nc = js_store._nc
+    real_publish = nc.publish
+    lost = 0
+
+    async def publish(subject: str, payload: bytes = b"", **kwargs: Any) -> None:
+        nonlocal lost
+        if subject.startswith("$JS.ACK.") and payload == b"+ACK":
+            lost += 1
+            return  # the filtered-out event's ack is lost
+        await real_publish(subject, payload, **kwargs)
+
+    nc.publish = publish  # type: ignore[method-assign]
+    sub = js_store.durable_subscription(
+        "opened-only",
+        filter=SubscriptionFilter(["Opened"]),
+        max_deliver=2,
+        ack_wait=timedelta(seconds=1),
+    )
+    async with sub:
+        reader = asyncio.create_task(anext(sub))
+        try:
+            await until(lambda: sub.metrics.filtered >= 3, "three deliveries, all left out")
+        finally:
+            reader.cancel()
+        assert lost >= 3  # the fault happened
+        assert sub.metrics.parked == 0
+    assert await js_store.parked("opened-only") == []
+
+
 async def test_an_existing_consumer_is_reused_updated_or_refused(
     js_store: JetStreamEventStore, nc: Client
 ) -> None:

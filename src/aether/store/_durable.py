@@ -821,7 +821,15 @@ class DurableSubscription:
             )
             return None
         self._pending = pending
-        if attempt > 1 and await self._already_parked(msg, seq):
+        event = self._decode(msg, seq)
+        valid = event if isinstance(event, Event) else None
+        if valid is not None and self._filter is not None and not self._filter.matches(valid):
+            # Whatever its attempt: an event the filter leaves out is never parked.
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self._nc.publish(msg.reply, b"+ACK")  # if lost: filtered out again
+            self._metrics.filtered += 1
+            return None
+        if attempt > 1 and await self._already_parked(valid, msg.subject, seq):
             # Parked by an earlier delivery whose +TERM never reached the server.
             await self._settle(msg.reply, b"+TERM parked", seq, epoch)
             _log.info(
@@ -831,13 +839,12 @@ class DurableSubscription:
             )
             return None
         if attempt > self._max_deliver:
-            event = self._decode(msg, seq)
             await self._park(
                 msg.reply,
                 epoch,
                 seq,
                 msg.subject,
-                event if isinstance(event, Event) else None,
+                valid,
                 attempts=attempt - 1,
                 reason="max_deliver",
                 detail=(
@@ -847,8 +854,8 @@ class DurableSubscription:
                 ),
             )
             return None
-        event = self._decode(msg, seq)
-        if not isinstance(event, Event):
+        if valid is None:
+            assert isinstance(event, str)
             await self._park(
                 msg.reply,
                 epoch,
@@ -860,11 +867,6 @@ class DurableSubscription:
                 detail=event,
             )
             return None
-        if self._filter is not None and not self._filter.matches(event):
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await self._nc.publish(msg.reply, b"+ACK")  # if lost: filtered out again
-            self._metrics.filtered += 1
-            return None
         waited = asyncio.get_running_loop().time() - received.at
         if waited > self._ack_wait.total_seconds() / 2:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
@@ -872,19 +874,19 @@ class DurableSubscription:
         self._metrics.delivered += 1
         if attempt > 1:
             self._metrics.redelivered += 1
-        return Delivery(self, msg.reply, event, attempt, epoch)
+        return Delivery(self, msg.reply, valid, attempt, epoch)
 
-    async def _already_parked(self, msg: Msg, seq: int) -> bool:
+    async def _already_parked(self, event: Event | None, subject: str, seq: int) -> bool:
         """Whether (name, *seq*) has a park record of this very message (one read)."""
-        subject = f"{self._stream}.parked.{self._name}.{seq}"
         try:
-            found = await self._api.last_msg(self._parked_stream, subject)
+            found = await self._api.last_msg(
+                self._parked_stream, f"{self._stream}.parked.{self._name}.{seq}"
+            )
         except StreamNotFoundError:
             return False
         if found is None:
             return False
-        event = self._decode(msg, seq)
-        key = _park_key(event.id if isinstance(event, Event) else None, msg.subject)
+        key = _park_key(None if event is None else event.id, subject)
         try:
             return bool(_json.loads(found.data).get("key") == key)
         except (ValueError, AttributeError):
