@@ -5,7 +5,7 @@ from aether.store._durable import Delivery, DurableSubscription, ParkedEvent
 from aether.store._provision import StreamSettings
 from aether.store._rules import MAX_BATCH_SIZE
 from aether.store._subjects import MAX_TOKEN_LENGTH
-from aether.store._subscription import Subscription
+from aether.store._subscription import Subscription, SubscriptionStats
 from aether.store.config import InvalidConfigError, JetStreamConfig
 from aether.store.jetstream import JetStreamEventStore, StoreStats
 from aether.store.memory import InMemoryEventStore
@@ -27,4 +27,5 @@ __all__ = [
     "StoreStats",
     "StreamSettings",
     "Subscription",
+    "SubscriptionStats",
 ]
