@@ -654,6 +654,38 @@ async def test_the_position_survives_a_server_restart(
         await nc.close()
 
 
+@pytest.mark.fault
+async def test_an_outage_past_the_deadline_fails_iteration_which_resumes_after_it(
+    fresh_nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(
+        fresh_nats_server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1
+    )
+    try:
+        config = JetStreamConfig(retry_deadline=timedelta(seconds=2))
+        store = await JetStreamEventStore.open(nc, unique("outage"), config)
+        await append(store, 1, 3)
+        async with store.durable_subscription("patient") as sub:
+            first = await next_delivery(sub)
+            await first.ack()
+            for _ in range(2):  # received already: handed out while the server is down
+                await (await next_delivery(sub)).ack()
+            fresh_nats_server.kill()
+            assert not fresh_nats_server.is_running
+            with pytest.raises(StoreUnavailableError):
+                await next_delivery(sub)
+            await asyncio.to_thread(fresh_nats_server.restart)
+            await store.save_event(Event("Deposited", "acc-0", 4))
+            while True:  # the same subscription goes on
+                delivery = await next_delivery(sub)
+                await delivery.ack()
+                # (Acks of the last 0.1 s before the SIGKILL may be lost: those come again.)
+                if delivery.event.version == 4:
+                    break
+    finally:
+        await nc.close()
+
+
 @pytest.mark.cluster
 @pytest.mark.fault
 async def test_a_consumer_leader_kill_during_consumption_loses_nothing(

@@ -541,8 +541,10 @@ class DurableSubscription:
     until it is entered or first iterated: then the ``_parked`` stream and the consumer
     are made if missing (SubscriptionConflictError, UnsuitableStreamError if they exist
     and do not fit). Iteration ends after :meth:`close`; see the module docstring for
-    what it raises. Use it from one task at a time (concurrent ``__anext__`` calls are
-    serialised); deliveries may be settled from any task, also after ``close``.
+    what it raises; after StoreUnavailableError iterating again tries again (with a new
+    deadline). Use it from one task at a time (concurrent ``__anext__`` calls are
+    serialised); deliveries may be settled from any task, also after ``close``. Close it
+    (or use ``async with``): until then its NATS subscription stays on the connection.
     """
 
     def __init__(
@@ -684,7 +686,12 @@ class DurableSubscription:
                 raise StopAsyncIteration
             if self._nc.is_closed:
                 raise StoreUnavailableError("the NATS connection is closed")
-            await self._pull_if_needed()
+            try:
+                await self._pull_if_needed()
+            except StoreUnavailableError:
+                # The next __anext__ (if the caller goes on) starts a new deadline.
+                self._failing_since = None
+                raise
             while self._buffer:
                 item = self._buffer.popleft()
                 if item.epoch == self._nc.stats["reconnects"]:
