@@ -29,7 +29,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from aether import Event, StoreUnavailableError, StreamNotFoundError
+from aether import Event, ReplayError, StoreUnavailableError, StreamNotFoundError
 from aether.bus import SubscriptionFilter
 from aether.store import (
     InMemoryEventStore,
@@ -697,3 +697,27 @@ async def test_memory_store_catch_up_copies_a_chunk_at_a_time() -> None:
         peaks.append(peak - start)
     assert peaks[1] < 2 * peaks[0] + 64 * 1024, peaks
     assert peaks[1] < 1024 * 1024, peaks
+
+
+async def test_on_malformed_is_told_each_skipped_message_with_its_bytes(
+    js_store: JetStreamEventStore, nc: Client
+) -> None:
+    """``on_malformed`` gets a ReplayError per skipped message (position, raw bytes,
+    the error), from the iterating task, before the next event is yielded."""
+    js = nc.jetstream()
+    prefix = f"{js_store.stream_name}.events."
+    await js_store.save_event(Event("Opened", "carol", 1))
+    alice = Event("Opened", "alice", 1).to_json()
+    bad = await js.publish(prefix + "x", b"not json")
+    wrong = await js.publish(prefix + "bob", alice)  # alice's event on bob's subject
+    await js_store.save_event(Event("Deposited", "carol", 2))
+    told: list[ReplayError] = []
+    async with js_store.subscribe(on_malformed=told.append) as sub:
+        events = await take(sub, 2)
+    assert [e.version for e in events] == [1, 2]
+    assert [(t.sequence_number, t.raw_data) for t in told] == [
+        (bad.seq, b"not json"),
+        (wrong.seq, alice),
+    ]
+    assert all(isinstance(t.error, ValueError) for t in told)
+    assert sub.stats.malformed == 2

@@ -61,6 +61,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,7 @@ from aether.errors import (
     StreamNotFoundError,
 )
 from aether.event import Event
+from aether.replay import ReplayError
 from aether.store import _rules
 from aether.store._jsapi import API, NS_PER_SECOND, backoff
 from aether.store._provision import StreamSettings
@@ -123,6 +125,10 @@ class SubscriptionStats:
     restarts: int
 
 
+#: Called with each malformed stored message a subscription skips (instead of the log).
+MalformedHandler = Callable[[ReplayError], None]
+
+
 class _Feed:
     """A store's events in position order, for one subscription (see the module doc).
 
@@ -131,8 +137,9 @@ class _Feed:
     ``position >= target``.
     """
 
-    def __init__(self, after: int) -> None:
+    def __init__(self, after: int, on_malformed: MalformedHandler | None = None) -> None:
         self.position = after
+        self.on_malformed = on_malformed
         self.target: int | None = None
         self.caught_up = False
         self.delivered = 0
@@ -164,10 +171,13 @@ class _Feed:
     def lag(self) -> int | None:
         raise NotImplementedError
 
-    def skip_malformed(self, position: int, reason: str) -> None:
+    def skip_malformed(self, position: int, data: bytes, error: Exception) -> None:
         self.malformed += 1
+        if self.on_malformed is not None:
+            self.on_malformed(ReplayError(position, data, error))
+            return
         log = _log.warning if self.malformed == 1 else _log.debug
-        log("subscription skipped the malformed message at position %d: %s", position, reason)
+        log("subscription skipped the malformed message at position %d: %s", position, error)
 
 
 class Subscription:
@@ -364,8 +374,10 @@ class _JetStreamFeed(_Feed):
     garbage-collected and its ``__del__`` cancels the task (which deletes the consumer).
     """
 
-    def __init__(self, store: JetStreamEventStore, after: int) -> None:
-        super().__init__(after)
+    def __init__(
+        self, store: JetStreamEventStore, after: int, on_malformed: MalformedHandler | None
+    ) -> None:
+        super().__init__(after, on_malformed)
         self._api = api = store._api
         self._nc = nc = store._nc
         self._stream = store._stream
@@ -423,11 +435,12 @@ class _JetStreamFeed(_Feed):
             event = _rules.decode_event(data)
             token = encode_actor_id(event.actor_id)
         except ValueError as exc:  # InvalidEventError included
-            self.skip_malformed(seq, str(exc))
+            self.skip_malformed(seq, data, exc)
             return None
         prefix = self._prefix
         if not subject.startswith(prefix) or subject[len(prefix) :] != token:
-            self.skip_malformed(seq, f"event of {event.actor_id!r} on subject {subject!r}")
+            wrong = InvalidEventError(f"event of {event.actor_id!r} on subject {subject!r}")
+            self.skip_malformed(seq, data, wrong)
             return None
         event.position = seq
         return event
@@ -735,11 +748,14 @@ class _JetStreamFeed(_Feed):
 
 
 def subscribe_jetstream(
-    store: JetStreamEventStore, after: int, filter: SubscriptionFilter | None
+    store: JetStreamEventStore,
+    after: int,
+    filter: SubscriptionFilter | None,
+    on_malformed: MalformedHandler | None = None,
 ) -> Subscription:
     """``JetStreamEventStore.subscribe``: see :class:`Subscription`."""
     after = _check_arguments(after, filter)
-    return Subscription(_JetStreamFeed(store, after), after, filter)
+    return Subscription(_JetStreamFeed(store, after, on_malformed), after, filter)
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -760,8 +776,10 @@ class _MemoryFeed(_Feed):
     (any thread) resolves every registered future with ``loop.call_soon_threadsafe``.
     """
 
-    def __init__(self, store: InMemoryEventStore, after: int) -> None:
-        super().__init__(after)
+    def __init__(
+        self, store: InMemoryEventStore, after: int, on_malformed: MalformedHandler | None
+    ) -> None:
+        super().__init__(after, on_malformed)
         self._store = store
         self._chunk: deque[bytes] = deque()  # payloads of positions position+1, ...
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
@@ -787,7 +805,7 @@ class _MemoryFeed(_Feed):
             try:
                 event = _rules.decode_event(payload)
             except ValueError as exc:  # unreachable for events the store encoded itself
-                self.skip_malformed(self.position, str(exc))
+                self.skip_malformed(self.position, payload, exc)
                 continue
             event.position = self.position
             return event
@@ -830,8 +848,11 @@ class _MemoryFeed(_Feed):
 
 
 def subscribe_memory(
-    store: InMemoryEventStore, after: int, filter: SubscriptionFilter | None
+    store: InMemoryEventStore,
+    after: int,
+    filter: SubscriptionFilter | None,
+    on_malformed: MalformedHandler | None = None,
 ) -> Subscription:
     """``InMemoryEventStore.subscribe``: see :class:`Subscription`."""
     after = _check_arguments(after, filter)
-    return Subscription(_MemoryFeed(store, after), after, filter)
+    return Subscription(_MemoryFeed(store, after, on_malformed), after, filter)

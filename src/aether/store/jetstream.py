@@ -796,7 +796,11 @@ class JetStreamEventStore:
     # -- the whole store: subscriptions ---------------------------------------------------
 
     def subscribe(
-        self, *, after: int = 0, filter: SubscriptionFilter | None = None
+        self,
+        *,
+        after: int = 0,
+        filter: SubscriptionFilter | None = None,
+        on_malformed: Callable[[ReplayError], None] | None = None,
     ) -> Subscription:
         """The events of every actor with ``position > after``, in position order: first
         those already stored (catch-up), then new ones as they are appended (live), with
@@ -806,10 +810,11 @@ class JetStreamEventStore:
         Returns at once (nothing is asked of the server until the first event is
         awaited); the subscription is an async iterator and an async context manager.
         *filter* keeps the events it matches (:class:`~aether.bus.SubscriptionFilter`).
-        Malformed messages are skipped and counted, never stop it. See
-        :class:`~aether.store.Subscription`.
+        Malformed messages are skipped and counted, never stop it; *on_malformed*, if
+        given, is called with a ReplayError for each (instead of a log line), from the
+        task iterating the subscription. See :class:`~aether.store.Subscription`.
         """
-        return subscribe_jetstream(self, after, filter)
+        return subscribe_jetstream(self, after, filter, on_malformed)
 
     def durable_subscription(
         self,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 from aether.bus.filter import SubscriptionFilter
 from aether.errors import InvalidEventError
@@ -142,7 +142,11 @@ class InMemoryEventStore:
         return items
 
     def subscribe(
-        self, *, after: int = 0, filter: SubscriptionFilter | None = None
+        self,
+        *,
+        after: int = 0,
+        filter: SubscriptionFilter | None = None,
+        on_malformed: Callable[[ReplayError], None] | None = None,
     ) -> Subscription:
         """As :meth:`JetStreamEventStore.subscribe
         <aether.store.JetStreamEventStore.subscribe>`, over this store's positions (1, 2,
@@ -152,7 +156,7 @@ class InMemoryEventStore:
         event loops. Catch-up copies at most a few hundred log entries at a time under the
         store's lock, so a long history is never copied whole.
         """
-        return subscribe_memory(self, after, filter)
+        return subscribe_memory(self, after, filter, on_malformed)
 
     async def get_latest_version(self, actor_id: str) -> int:
         _rules.check_read(actor_id)
