@@ -4,8 +4,8 @@ No module in ``src/aether/cli`` imports a private aether module (``aether.store.
 ``aether._json``, ``aether.testing._*``, ...: any module path with a part starting with
 ``_`` outside ``aether.cli`` itself), and none knows JetStream's error codes: streams
 are administered through :mod:`aether.admin`, events read and written through the
-store, and errors arrive as aether's exceptions. Only ``tail`` still talks to JetStream
-through nats-py's own (public) API, until the store can subscribe.
+store (``tail`` through its ``subscribe``), and errors arrive as aether's exceptions.
+No command opens a nats-py JetStream context of its own.
 """
 
 from __future__ import annotations
@@ -63,10 +63,9 @@ def test_no_jetstream_error_codes(module: Path) -> None:
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
-def test_only_tail_uses_a_jetstream_context_of_its_own(module: Path) -> None:
-    # tail reads with nats-py's public JetStream API until the store has subscribe().
-    uses = "jetstream()" in module.read_text("utf-8")
-    assert uses == (module.name == "tail.py"), module.name
+def test_no_command_uses_a_jetstream_context_of_its_own(module: Path) -> None:
+    text = module.read_text("utf-8")
+    assert "jetstream()" not in text and "nats.js" not in text, module.name
 
 
 @pytest.mark.parametrize(

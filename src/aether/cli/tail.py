@@ -1,40 +1,30 @@
 """``aether tail``: events as they are stored, live, until Ctrl-C (or ``--count`` events).
 
-Tail remembers the position (stream sequence) of the last message it has shown or passed
-over, and reads with an ephemeral pull consumer (in memory, no acks) that starts right
-after it. Whenever that consumer may be gone (the connection came back after a server
-restart or a network failure, the server forgot it, it was deleted), a new one is made
-starting after the same position: nothing is shown twice and nothing stored meanwhile is
-missed. Without ``--from-start`` the first consumer delivers only what is stored after
-it was made; tail says so on stderr (``listening ...``) once it exists.
+Tail reads through the store's ``subscribe(after=position)``: without ``--from-start``
+after the stream's last message when it starts (it says so on stderr: ``listening
+...``), with it from the beginning. The subscription resumes by itself after a
+reconnect, a server restart or a lost consumer, right after the last position it read:
+nothing is shown twice and nothing stored meanwhile is missed. Messages that are not
+valid aether events are noted on stderr as the subscription skips them.
 
-``--actor`` narrows the consumer's subject on the server; the prefix and type filters
-are applied here. If the connection is lost and not regained (``--reconnect-attempts``),
-tail fails with a one-line error and exit code 7 instead of waiting forever.
-
-The consumer is made with nats-py's public JetStream API; the store has no
-subscription yet. A later version of the store gives it ``subscribe(after=position)``,
-and tail will then read through the store alone.
+``--type`` is the subscription's filter; ``--actor`` and ``--actor-prefix`` are applied
+here (a prefix is not a pattern: any characters). If the connection is lost and not
+regained (``--reconnect-attempts``), tail fails with a one-line error and exit code 7
+instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 
 import click
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.errors import NoServersError
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.text import Text
 
-from aether.errors import InvalidEventError, StreamNotFoundError
-from aether.event import Event
+from aether import Event, ReplayError
+from aether.bus import SubscriptionFilter
 
 from ._connect import (
     DEFAULT_RECONNECT_ATTEMPTS,
@@ -47,18 +37,9 @@ from ._connect import (
 from ._errors import ServerUnreachableError
 from ._output import compact_json, echo_json, format_time, note, stdout_console
 from ._signals import run_until_signalled
-from ._stream import OpenStream, StreamRef, attach, stream_options
+from ._stream import OpenStream, StreamRef, admin, attach, stream_options
 
 __all__ = ["tail"]
-
-#: Messages asked for per pull request.
-_BATCH = 256
-#: How long one pull request waits on the server for new messages (then another is sent).
-_PULL_WAIT = 5.0
-#: The server deletes a consumer nobody has pulled from for this long (seconds).
-_INACTIVE_THRESHOLD = 60.0
-#: Pause before making a consumer again after a failed attempt (seconds).
-_RETRY_PAUSE = 1.0
 
 
 @click.command()
@@ -139,9 +120,10 @@ class _Follow:
     position: int = 0
 
     def wanted(self, event: Event) -> bool:
-        return event.actor_id.startswith(self.prefix) and (
-            not self.types or event.event_type in self.types
-        )
+        # The types are the subscription's filter already.
+        if self.actor is not None and event.actor_id != self.actor:
+            return False
+        return event.actor_id.startswith(self.prefix)
 
     def show(self, event: Event) -> None:
         self.shown += 1
@@ -171,7 +153,6 @@ class _Connection:
     up: bool = True
     ending: bool = False  # our own close: not a loss
     closed: asyncio.Event = field(default_factory=asyncio.Event)
-    reconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def on_disconnect(self) -> None:
         if self.up and not self.ending:
@@ -181,7 +162,6 @@ class _Connection:
     async def on_reconnect(self) -> None:
         self.up = True
         note("reconnected to NATS")
-        self.reconnected.set()
 
     async def on_close(self) -> None:
         if not self.ending:
@@ -194,7 +174,7 @@ async def _run(conn: ConnectionSettings, follow: _Follow, attempts: int) -> None
     async with session(conn, name="aether-tail", reconnects=reconnects) as nc:
         try:
             opened = await attach(nc, follow.ref)
-            reader = asyncio.ensure_future(_read(nc, opened, follow, watch))
+            reader = asyncio.ensure_future(_read(nc, opened, follow))
             lost = asyncio.ensure_future(watch.closed.wait())
             try:
                 await asyncio.wait({reader, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -224,139 +204,27 @@ def _lost_message(nc: Client, conn: ConnectionSettings, attempts: int, follow: _
     )
 
 
-#: A consumer could not be made or read just now (reconnecting, a leader election).
-_TRANSIENT = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionReconnectingError,
-    nats.js.errors.ServiceUnavailableError,
-)
-
-
-async def _read(nc: Client, opened: OpenStream, follow: _Follow, watch: _Connection) -> None:
-    """Show events until --count is reached, making a consumer again whenever needed."""
-    js = nc.jetstream()
-    subject = opened.store.subject_for(follow.actor) if follow.actor else opened.event_subjects
-    first = True
-    while not follow.done:
-        watch.reconnected.clear()
-        try:
-            sub, consumer = await _consumer(js, opened.stream_name, subject, follow, first=first)
-        except _TRANSIENT:
-            await _pause_or_reconnect(watch)
-            continue
-        if first:
-            note(
-                f"listening for {'all' if follow.from_start else 'new'} events on stream "
-                f"{opened.describe()} ({subject}); Ctrl-C to stop"
-            )
-            first = False
-        try:
-            await _pull(sub, opened, follow, watch)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            if not follow.done and not nc.is_closed:
-                # Replaced: do not leave it to the server's inactivity timer.
-                with contextlib.suppress(Exception):
-                    await js.delete_consumer(opened.stream_name, consumer)
-
-
-async def _consumer(
-    js: JetStreamContext, stream: str, subject: str, follow: _Follow, *, first: bool
-) -> tuple[JetStreamContext.PullSubscription, str]:
-    """A consumer starting right after ``follow.position`` (the first one: at the start
-    or after the stream's last message, as asked), and its name."""
-    if first:
-        policy = DeliverPolicy.ALL if follow.from_start else DeliverPolicy.NEW
-        start = None
-    else:
-        policy, start = DeliverPolicy.BY_START_SEQUENCE, follow.position + 1
-    config = ConsumerConfig(
-        deliver_policy=policy,
-        opt_start_seq=start,
-        ack_policy=AckPolicy.NONE,
-        num_replicas=1,
-        mem_storage=True,
-        inactive_threshold=_INACTIVE_THRESHOLD,
-    )
-    try:
-        sub = await js.pull_subscribe(subject, stream=stream, config=config)
-    except nats.js.errors.NotFoundError:
-        raise StreamNotFoundError(stream) from None
-    try:
-        info = await sub.consumer_info()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-        raise
-    if first and info.delivered is not None:
-        # Where the first consumer starts: after the stream's last message ("new") or
-        # before its first one.
-        follow.position = info.delivered.stream_seq
-    return sub, info.name
-
-
-async def _pull(
-    sub: JetStreamContext.PullSubscription, opened: OpenStream, follow: _Follow, watch: _Connection
-) -> None:
-    """Show what *sub* delivers until --count is reached, or until it may be gone."""
-    while not follow.done:
-        fetching = asyncio.ensure_future(sub.fetch(_BATCH, timeout=_PULL_WAIT))
-        reconnect = asyncio.ensure_future(watch.reconnected.wait())
-        try:
-            await asyncio.wait({fetching, reconnect}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            reconnect.cancel()
-            if not fetching.done():
-                fetching.cancel()
-            await asyncio.gather(fetching, reconnect, return_exceptions=True)
-        if fetching.cancelled():
-            return  # reconnected: the consumer may be gone; make another after position
-        try:
-            messages = fetching.result()
-        except TimeoutError:
-            continue  # nothing new (or the request was lost in a reconnect)
-        except _TRANSIENT:
-            return  # the consumer is gone (server restart, inactivity): make another
-        except nats.js.errors.NotFoundError:
-            return  # the consumer was deleted: make another (or find the stream gone)
-        for msg in messages:
-            _handle(msg, opened, follow)
-            if follow.done:
-                return
-
-
-def _handle(msg: Msg, opened: OpenStream, follow: _Follow) -> None:
-    sequence = msg.metadata.sequence.stream
-    if sequence <= follow.position:
-        return  # already shown (cannot happen with one consumer at a time; cheap to check)
-    follow.position = sequence
-    event = _decode(msg, opened, sequence)
-    if event is not None and follow.wanted(event):
-        follow.show(event)
-
-
-async def _pause_or_reconnect(watch: _Connection) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(watch.reconnected.wait(), _RETRY_PAUSE)
-
-
-def _decode(msg: Msg, opened: OpenStream, sequence: int) -> Event | None:
-    """The event in *msg*, or None (noted on stderr) if it is not a valid aether event."""
-    try:
-        event = Event.from_json(msg.data)
-    except ValueError as exc:
-        note(f"skipped malformed message at stream sequence {sequence}: {exc}")
-        return None
-    try:
-        matches = opened.store.subject_for(event.actor_id) == msg.subject
-    except InvalidEventError:
-        matches = False
-    if not matches:
+async def _read(nc: Client, opened: OpenStream, follow: _Follow) -> None:
+    """Show events until --count is reached (or forever)."""
+    after = 0
+    if not follow.from_start:
+        after = (await admin(nc).stream_info(follow.ref)).last_position
+    follow.position = after
+    types = SubscriptionFilter(event_types=follow.types) if follow.types else None
+    subscription = opened.store.subscribe(after=after, filter=types, on_malformed=_note)
+    async with subscription as events:
         note(
-            f"skipped message at stream sequence {sequence}: its actor "
-            f"{event.actor_id!r} does not match its subject {msg.subject}"
+            f"listening for {'all' if follow.from_start else 'new'} events on stream "
+            f"{opened.describe()}; Ctrl-C to stop"
         )
-        return None
-    return event
+        async for event in events:
+            follow.position = events.position
+            if follow.wanted(event):
+                follow.show(event)
+                if follow.done:
+                    return
+
+
+def _note(skipped: ReplayError) -> None:
+    where = skipped.sequence_number
+    note(f"skipped malformed message at stream sequence {where}: {skipped.error}")
