@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -402,3 +403,110 @@ def test_testing_examples_pass() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "7 passed" in result.stdout, result.stdout
+
+
+# -- examples/read_model.py --------------------------------------------------------------
+
+
+def _read_model_process(nats_url: str, stream: str, db: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(EXAMPLES / "read_model.py"),
+            "--url",
+            nats_url,
+            "--stream",
+            stream,
+            "--db",
+            str(db),
+        ],
+        env=example_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _applied(db: Path) -> int:
+    """The position the read model in *db* has applied (0 before it made its tables)."""
+    if not db.exists():
+        return 0
+    try:
+        return int(load_example("read_model").Balances(db).position())
+    except sqlite3.OperationalError:  # the model's process holds the write lock
+        return 0
+
+
+async def _position_reaches(db: Path, position: int, process: subprocess.Popen[bytes]) -> None:
+    """Wait until the read model has applied *position* (polling its own table)."""
+    for _ in range(SUBPROCESS_TIMEOUT * 20):
+        assert process.poll() is None, process.stderr.read() if process.stderr else b""
+        if await asyncio.to_thread(_applied, db) >= position:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the read model never reached position {position}")
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+async def test_read_model_applies_each_event_once_across_a_sigkill(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """Kill the read model's process mid-stream (SIGKILL), start it again: every money
+    event has exactly one effect, because its position is stored with its rows."""
+    stream = unique("readmodel")
+    nc = await nats.connect(nats_url)
+    store = await JetStreamEventStore.open(nc, stream)
+    expected: dict[str, int] = {}
+    try:
+
+        async def write(first: int, count: int) -> int:
+            """Append *count* money events (and some that are not money) in batches of
+            ten per account; returns the stream's last position."""
+            per_account: dict[str, list[Event]] = {}
+            for i in range(first, first + count):
+                account = f"acct-{i % 7}"
+                amount = i % 13 + 1
+                kind = "Withdrawn" if i % 5 == 0 else "Deposited"
+                change = -amount if kind == "Withdrawn" else amount
+                expected[account] = expected.get(account, 0) + change
+                per_account.setdefault(account, []).append(
+                    Event(kind, account, 0, {"amount": amount})
+                )
+                if i % 9 == 0:  # not money: filtered out, never applied
+                    per_account[account].append(Event("Renamed", account, 0, {"amount": 0}))
+            for account, events in per_account.items():
+                version = await store.get_latest_version(account)
+                for start in range(0, len(events), 10):
+                    chunk = events[start : start + 10]
+                    for offset, event in enumerate(chunk, start=version + start + 1):
+                        event.version = offset
+                    await store.save_events(chunk)
+            return (await nc.jetstream().stream_info(stream)).state.last_seq
+
+        db = tmp_path / "balances.sqlite3"
+        last = await write(0, 5000)
+        first_run = _read_model_process(nats_url, stream, db)
+        await _position_reaches(db, 50, first_run)
+        first_run.kill()  # SIGKILL: no chance to tidy up
+        first_run.wait(SUBPROCESS_TIMEOUT)
+        killed_at = _applied(db)
+        assert 50 <= killed_at < last, "the kill must land mid-stream"
+
+        second_run = _read_model_process(nats_url, stream, db)
+        try:
+            last = await write(5000, 200)  # live events too
+            money_last = 0
+            for account in expected:
+                for event in await store.get_events(account):
+                    if event.event_type != "Renamed":
+                        money_last = max(money_last, event.position or 0)
+            await _position_reaches(db, money_last, second_run)
+        finally:
+            second_run.terminate()
+            second_run.wait(SUBPROCESS_TIMEOUT)
+        assert load_example("read_model").Balances(db).balances() == expected
+        assert last >= money_last
+    finally:
+        await store.close()
+        await nc.close()
+        await delete_streams([nats_url], stream)
