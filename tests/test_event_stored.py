@@ -9,7 +9,7 @@ import pytest
 
 from aether import Event, VersionConflictError
 from aether.bus import INTERNAL_NAMESPACE, EventBus, EventStored
-from aether.store import JetStreamConfig, JetStreamEventStore
+from aether.store import InMemoryEventStore, JetStreamConfig, JetStreamEventStore
 
 from ._faults import AckDropper
 from ._stores import StoreFactory
@@ -117,3 +117,23 @@ async def test_an_append_whose_ack_was_lost_is_announced_once(
     ]
     await sub.close()
     await store.close()
+
+
+async def test_the_memory_store_announces_each_append_once_too() -> None:
+    bus = EventBus()
+    sub = bus.subscribe(INTERNAL_NAMESPACE)
+    store = InMemoryEventStore(bus=bus)
+    single = Event("Opened", "acc", 1)
+    batch = [Event("Deposited", "acc", v) for v in (2, 3)]
+    await store.save_event(single)
+    await store.save_events(batch)
+    await store.save_event(single)  # re-save: nothing
+    with pytest.raises(VersionConflictError):
+        await store.save_event(Event("Deposited", "acc", 3))
+    marker = Event("Marker", "zz", 1)
+    await store.save_event(marker)
+    notices = await asyncio.wait_for(drain(sub, marker.id), 30)
+    stored = {e.id: e for a in ("acc", "zz") for e in await store.get_events(a)}
+    assert [n.event_id for n in notices] == [single.id, *(e.id for e in batch), marker.id]
+    assert [n.position for n in notices] == [stored[n.event_id].position for n in notices]
+    await sub.close()

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import UTC, datetime
 
 from aether.bus.filter import SubscriptionFilter
+from aether.bus.publisher import EventPublisher
+from aether.bus.stored import INTERNAL_NAMESPACE, EventStored
 from aether.errors import InvalidEventError
 from aether.event import ActorSnapshot, Event
 from aether.replay import ReplayError, ReplayResult
@@ -23,15 +27,20 @@ from aether.store import _rules
 from aether.store._rules import EncodedEvent, EncodedSnapshot
 from aether.store._subscription import Subscription, subscribe_memory, wake_waiter
 
+_log = logging.getLogger("aether.store")
+
 
 class InMemoryEventStore:
     """A :class:`~aether.store.SnapshotStore` held in memory (tests, embedded use).
 
     Each method's check-and-append runs under one lock without awaiting, so it is atomic
-    across asyncio tasks and threads of one process.
+    across asyncio tasks and threads of one process. With *bus*, each append is announced
+    on it as :class:`~aether.bus.EventStored` notices, as ``JetStreamEventStore.open(...,
+    bus=)`` does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, bus: EventPublisher | None = None) -> None:
+        self._bus = bus
         self._lock = threading.Lock()
         # actor id -> its events as encoded (immutable), in append order (= version order)
         self._events: dict[str, list[EncodedEvent]] = {}
@@ -56,7 +65,9 @@ class InMemoryEventStore:
             )
             self._refuse_reused_ids([encoded.id])
             self._events.setdefault(encoded.actor_id, []).append(encoded)
-            self._record([encoded])
+            first_position = self._record([encoded])
+        if self._bus is not None:
+            await self._announce([encoded], first_position)
 
     async def save_events(
         self, events: Sequence[Event], *, expected_version: int | None = None
@@ -76,12 +87,16 @@ class InMemoryEventStore:
             )
             self._refuse_reused_ids(encoded.id for encoded in batch)
             self._events.setdefault(first.actor_id, []).extend(batch)
-            self._record(batch)
+            first_position = self._record(batch)
+        if self._bus is not None:
+            await self._announce(batch, first_position)
 
-    def _record(self, appended: Sequence[EncodedEvent]) -> None:
+    def _record(self, appended: Sequence[EncodedEvent]) -> int:
         # Under the lock: number the appended events after every event stored before, and
         # wake the subscriptions waiting for them (in their own loops: any thread appends).
+        # Returns the first one's position.
         position = len(self._positions)
+        first = position + 1
         for encoded in appended:
             position += 1
             self._positions[encoded.id] = position
@@ -91,6 +106,20 @@ class InMemoryEventStore:
                 with contextlib.suppress(RuntimeError):  # that loop is closed
                     loop.call_soon_threadsafe(wake_waiter, future)
             self._waiters.clear()
+        return first
+
+    async def _announce(self, batch: Sequence[EncodedEvent], first: int) -> None:
+        # After the lock: a bus may await. A failing bus never fails the append.
+        assert self._bus is not None
+        now = datetime.now(UTC)
+        for position, encoded in enumerate(batch, start=first):
+            notice = EventStored(encoded.id, encoded.actor_id, encoded.version, position, now)
+            try:
+                await self._bus.publish(INTERNAL_NAMESPACE, notice)
+            except Exception:
+                _log.warning(
+                    "could not announce the append of %r on the bus", encoded.id, exc_info=True
+                )
 
     def _refuse_reused_ids(self, ids: Iterable[str]) -> None:
         # JetStream refuses a reused id within its duplicate window; memory never forgets.
