@@ -127,7 +127,7 @@ async def test_the_memory_store_announces_each_append_once_too() -> None:
     batch = [Event("Deposited", "acc", v) for v in (2, 3)]
     await store.save_event(single)
     await store.save_events(batch)
-    await store.save_event(single)  # re-save: nothing
+    await store.save_events(batch)  # re-save of the latest: nothing
     with pytest.raises(VersionConflictError):
         await store.save_event(Event("Deposited", "acc", 3))
     marker = Event("Marker", "zz", 1)
