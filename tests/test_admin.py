@@ -55,6 +55,7 @@ async def test_stream_refs_name_streams_as_open_does() -> None:
         ("a b", "", "stream_name"),
         ("", "", "stream_name"),
         ("x_snapshots", "", "stream_name"),
+        ("x_parked", "", "stream_name"),
         ("a__b", "ns", "stream_name"),  # "__" only as a JetStream name, without namespace
         ("zz__", "", "stream_name"),
         ("ok", "bad\udc00", "namespace"),
@@ -111,12 +112,16 @@ async def test_create_inspect_and_delete_a_stream(admin: StreamAdmin, nc: Client
     assert (info.first_position, info.last_position) == (1, 3)
     assert info.settings.max_age == timedelta(days=30)
 
+    # Durable subscriptions park events in <stream>_parked: deleted with the store too.
+    parked = f"{ref.stream_name}_parked"
+    await nc.jetstream().add_stream(name=parked, subjects=[f"{ref.stream_name}.parked.>"])
     deleted = await admin.delete_stream(ref)
     assert deleted.events == 3
     with pytest.raises(StreamNotFoundError):
         await admin.stream_info(ref)
     names = {s.config.name for s in await nc.jetstream().streams_info()}
     assert ref.stream_name not in names and f"{ref.stream_name}_snapshots" not in names
+    assert parked not in names
     # The live store notices: its next read says the stream is gone.
     with pytest.raises(StreamNotFoundError):
         await store.get_latest_version("acc-1")

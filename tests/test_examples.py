@@ -25,6 +25,7 @@ import nats.js.errors
 import pytest
 
 from aether import Event
+from aether.admin import StreamAdmin, StreamRef
 from aether.store import JetStreamConfig, JetStreamEventStore
 from aether.testing import NatsCluster, NatsServer
 
@@ -510,3 +511,74 @@ async def test_read_model_applies_each_event_once_across_a_sigkill(
         await store.close()
         await nc.close()
         await delete_streams([nats_url], stream)
+
+
+# -- examples/reactor.py ---------------------------------------------------------------
+
+reactor = load_example("reactor")
+
+
+async def _until(condition: object, what: str) -> None:
+    """Wait until the async *condition* holds (checked every 50 ms, 60 s at most)."""
+    for _ in range(1200):
+        if await condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+async def test_reactor_sends_once_retries_and_parks(nats_url: str, tmp_path: Path) -> None:
+    """Good events are sent once (also across a restart of the reactor), a busy mail
+    server is retried then parked after max_deliver attempts, a missing address is
+    parked at once; nothing is skipped silently."""
+    stream = unique("reactor")
+    nc = await nats.connect(nats_url)
+    store = await JetStreamEventStore.open(nc, stream)
+    outbox = tmp_path / "sent.txt"
+    try:
+        good = [Event("Opened", f"acct-{i}", 1, {"email": f"{i}@example.com"}) for i in range(3)]
+        no_address = Event("Opened", "acct-x", 1, {})
+        busy = Event("Opened", "acct-y", 1, {"email": "y@example.com", "busy": True})
+        for event in [*good, no_address, busy, Event("Deposited", "acct-0", 2, {"amount": 1})]:
+            await store.save_event(event)
+
+        def sent() -> list[str]:
+            return outbox.read_text().split() if outbox.exists() else []
+
+        async def parked_reasons() -> dict[str, str]:
+            return {p.event_id or "": p.reason for p in await store.parked("welcome-mails")}
+
+        task = asyncio.ensure_future(reactor.react(store, reactor.Mailer(outbox)))
+
+        async def settled() -> bool:
+            return len(sent()) == 3 and len(await parked_reasons()) == 2
+
+        await _until(settled, "three mails sent and two events parked")
+        assert sorted(sent()) == sorted(e.id for e in good)
+        assert await parked_reasons() == {no_address.id: "term", busy.id: "max_deliver"}
+        [parked_busy] = [p for p in await store.parked("welcome-mails") if p.event_id == busy.id]
+        assert parked_busy.attempts == 3
+
+        # Restart: the durable subscription goes on from where it was; only the new
+        # account gets a mail, and nobody gets a second one.
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        late = Event("Opened", "acct-late", 1, {"email": "late@example.com"})
+        await store.save_event(late)
+        task = asyncio.ensure_future(reactor.react(store, reactor.Mailer(outbox)))
+
+        async def late_sent() -> bool:
+            return late.id in sent()
+
+        await _until(late_sent, "the mail of the account opened while it was down")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert sorted(sent()) == sorted([*(e.id for e in good), late.id])
+    finally:
+        await store.close()
+        await nc.close()
+        async with await nats.connect(nats_url) as admin_nc:
+            await StreamAdmin(admin_nc).delete_stream(StreamRef(stream))  # _parked too

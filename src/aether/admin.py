@@ -42,6 +42,7 @@ from aether.store._provision import Stream, StreamSettings, create, find, owner
 from aether.store._subjects import (
     META_KIND,
     NAMESPACE_SEPARATOR,
+    PARKED_SUFFIX,
     SNAPSHOTS_SUFFIX,
     decode_actor_token,
     encode_actor_id,
@@ -282,8 +283,9 @@ class StreamAdmin:
         return _stream_info(ref.namespace, ref.name, events, snapshots)
 
     async def delete_stream(self, ref: StreamRef) -> StreamInfo:
-        """Delete *ref*'s snapshot stream, then its events stream: every snapshot and
-        event of the store, irrevocably. Returns the stream as it was just before.
+        """Delete *ref*'s parked-event and snapshot streams, then its events stream: every
+        snapshot, parked-event record and event of the store, irrevocably. Returns the
+        stream as it was just before.
 
         Snapshots go first, so that an interrupted deletion never leaves snapshots of
         deleted events for a new stream of the same name to pick up. Only a stream a
@@ -295,7 +297,8 @@ class StreamAdmin:
         stream anew, which they then use as it is.
         """
         info = await self.stream_info(ref)
-        for name in (info.snapshot_stream, info.stream_name):
+        parked = info.stream_name + PARKED_SUFFIX  # durable subscriptions' parked events
+        for name in (parked, info.snapshot_stream, info.stream_name):
             if name is not None:
                 with contextlib.suppress(StreamNotFoundError):  # deleted meanwhile: done too
                     await self._api.call(f"STREAM.DELETE.{name}", stream=name)

@@ -34,6 +34,9 @@ MAX_TOKEN_LENGTH = 2048
 MAX_STREAM_NAME_LENGTH = 255
 #: Appended to the events stream's name to name the snapshot stream.
 SNAPSHOTS_SUFFIX = "_snapshots"
+#: Appended to the events stream's name to name the stream of parked-event records of
+#: its durable subscriptions.
+PARKED_SUFFIX = "_parked"
 #: Joins the escaped namespace and the stream name. An escaped namespace never contains
 #: it (every ``_`` in it is followed by two hex digits) nor ends with ``_``.
 NAMESPACE_SEPARATOR = "__"
@@ -94,8 +97,9 @@ def check_stream_name(stream_name: str) -> None:
     """Raise ValueError unless *stream_name* may name a store's stream.
 
     Letters, digits, ``-`` and ``_``, but not ``__`` (it marks a namespace), not ending
-    with ``_`` (its snapshot stream would contain ``__``) nor with ``_snapshots`` (its
-    events stream would be another store's snapshot stream).
+    with ``_`` (its snapshot stream would contain ``__``) nor with ``_snapshots`` or
+    ``_parked`` (its events stream would be another store's snapshot or parked-event
+    stream).
     """
     if not isinstance(stream_name, str) or not _STREAM_NAME.fullmatch(stream_name):
         raise ValueError(
@@ -106,11 +110,12 @@ def check_stream_name(stream_name: str) -> None:
             f"stream_name must not contain '__' nor end with '_' (reserved to join a "
             f"namespace), got {stream_name!r}"
         )
-    if stream_name.endswith(SNAPSHOTS_SUFFIX):
-        raise ValueError(
-            f"stream_name must not end with {SNAPSHOTS_SUFFIX!r} (the snapshot streams' "
-            f"names), got {stream_name!r}"
-        )
+    for suffix, streams in ((SNAPSHOTS_SUFFIX, "snapshot"), (PARKED_SUFFIX, "parked-event")):
+        if stream_name.endswith(suffix):
+            raise ValueError(
+                f"stream_name must not end with {suffix!r} (the {streams} streams' "
+                f"names), got {stream_name!r}"
+            )
 
 
 def real_stream_name(namespace: str, stream_name: str) -> str:
