@@ -10,11 +10,12 @@ turn a hang into a failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from nats.aio.client import Client
 
 from aether import Event
 from aether.bus import SubscriptionFilter
-from aether.errors import StoreUnavailableError
+from aether.errors import StoreUnavailableError, UnsuitableStreamError
 from aether.store import Delivery, DurableSubscription, JetStreamConfig, JetStreamEventStore
 from aether.store._durable import (
     DeliverySettledError,
@@ -80,6 +81,19 @@ async def consumer_info(nc: Client, stream: str, name: str) -> dict[str, Any]:
     msg = await nc.request(f"$JS.API.CONSUMER.INFO.{stream}.{name}", b"", timeout=5)
     answer: dict[str, Any] = json.loads(msg.data)
     return answer
+
+
+@pytest.fixture(autouse=True)
+async def _delete_parked_streams(nats_url: str) -> AsyncIterator[None]:
+    """The stores' own streams are deleted by their factory; the ``_parked`` streams the
+    subscriptions made on the session server are deleted here."""
+    yield
+    async with await nats.connect(nats_url) as admin:
+        js = admin.jetstream()
+        for name in await js.streams_info():
+            if name.config.name.endswith("_parked"):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_stream(name.config.name)
 
 
 # -- arguments --------------------------------------------------------------------------
@@ -180,6 +194,24 @@ async def test_an_event_not_acked_within_ack_wait_is_delivered_again(
         await again.ack()
         await first.ack()  # acking an old delivery of an acked event is harmless
         assert sub.metrics.redelivered == 1
+
+
+async def test_a_redelivery_that_raced_the_ack_is_not_handed_out(
+    js_store: JetStreamEventStore,
+) -> None:
+    await append(js_store, 1, 1)
+    sub = js_store.durable_subscription("racy", ack_wait=timedelta(seconds=1))
+    async with sub:
+        first = await next_delivery(sub)
+        # Past ack_wait the server delivers it again, into the subscription's buffer ...
+        await until(lambda: len(sub._buffer) == 1, "the redelivery arrives")
+        await first.ack()  # ... and only then is the first delivery acked
+        await js_store.save_event(Event("Deposited", "acc-1", 1))
+        second = await next_delivery(sub)
+        assert (second.position, second.attempt) == (2, 1)
+        await second.ack()
+        assert sub.metrics.duplicates == 1
+        assert (await sub.info()).ack_pending == 0
 
 
 async def test_a_new_subscription_object_resumes_where_the_name_stopped(
@@ -364,7 +396,7 @@ async def test_a_park_whose_term_was_lost_is_not_handed_out_again(
         handed_out: list[int] = []
 
         async def keep_reading() -> None:
-            async for delivery in sub:  # (2 may come again: it waited past ack_wait)
+            async for delivery in sub:
                 handed_out.append(delivery.position)
                 await delivery.ack()
 
@@ -376,6 +408,20 @@ async def test_a_park_whose_term_was_lost_is_not_handed_out_again(
         assert 1 not in handed_out  # position 1 came again, and no handler saw it
         assert "position 1, already parked, is terminated" in caplog.text
     assert len(await store.parked("lost-term")) == 1
+
+
+async def test_a_foreign_stream_in_the_way_of_the_parked_stream_is_refused(
+    js_store: JetStreamEventStore, nc: Client
+) -> None:
+    """A stream named <stream>_parked that is not the store's parked-event stream is
+    never written to."""
+    js = nc.jetstream()
+    foreign = js_store.stream_name + "_parked"
+    await js.add_stream(name=foreign, subjects=[f"{unique('elsewhere')}.>"])
+    with pytest.raises(UnsuitableStreamError) as caught:
+        await js_store.durable_subscription("any").__aenter__()
+    assert (caught.value.stream_name, caught.value.setting) == (foreign, "subjects")
+    assert (await js.stream_info(foreign)).state.messages == 0
 
 
 # -- filters and existing consumers -----------------------------------------------------
@@ -603,7 +649,8 @@ async def test_the_position_survives_a_server_restart(
     A graceful stop writes the consumer's state: nothing acked comes again. nats-server
     (2.15) writes a consumer's state to disk shortly after it changes (about 0.1 s, not
     at each ack), so a SIGKILL loses the acks of that last moment: those events are
-    delivered again after ``ack_wait`` (at least once), and nothing is lost."""
+    delivered again after ``ack_wait`` (at least once; this subscription, which acked
+    them itself, acks them again unseen), and nothing is lost."""
     nc = await nats.connect(
         fresh_nats_server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1
     )
@@ -644,9 +691,10 @@ async def test_the_position_survives_a_server_restart(
             repeated = sorted(p for p in set(after) if p <= 8)
             if not crash:
                 assert repeated == []  # the position was kept exactly
+            m = sub.metrics
             print(
-                f"\n[durable restart crash={crash}] acked before it, delivered again: "
-                f"{repeated}; forgotten deliveries: {sub.metrics.forgotten}"
+                f"\n[durable restart crash={crash}] acked before it, handed out again: "
+                f"{repeated}; acked again unseen: {m.duplicates}; forgotten: {m.forgotten}"
             )
             assert sub.metrics.repulls >= 1  # the restart did reach the subscription
             assert await store.parked("survivor") == []
@@ -695,15 +743,13 @@ async def test_a_consumer_leader_kill_during_consumption_loses_nothing(
         servers=nats_cluster.urls, reconnect_time_wait=0.2, max_reconnect_attempts=-1
     )
     killed: int | None = None
+    stream = unique("durable-r3")
     try:
-        store = await JetStreamEventStore.open(
-            nc, unique("durable-r3"), JetStreamConfig(replica_count=3)
-        )
+        store = await JetStreamEventStore.open(nc, stream, JetStreamConfig(replica_count=3))
         events = await append(store, 10, 20)  # positions 1..200
         sub = store.durable_subscription("r3", ack_wait=timedelta(seconds=5))
         acked: set[int] = set()
         deliveries = 0
-        total = len(events)
 
         async def consume() -> None:
             nonlocal deliveries
@@ -711,38 +757,53 @@ async def test_a_consumer_leader_kill_during_consumption_loses_nothing(
                 deliveries += 1
                 await delivery.ack()
                 acked.add(delivery.position)
-                if len(acked) == total:
-                    return
 
         async with sub:
             consumer = asyncio.create_task(consume())
-            await until(lambda: len(acked) >= 50 or consumer.done(), "50 events acked")
-            info = await consumer_info(nc, store.stream_name, "r3")
-            old = info["cluster"]["leader"]
-            killed = nats_cluster.names.index(old)
-            retries_before = store.stats.retries + sub.metrics.repulls
-            nats_cluster.kill(killed)
-            # Appended during the election: consumption must get these too.
-            total += len(await append_more(store, 5))
+            try:
+                await until(lambda: len(acked) >= 50 or consumer.done(), "50 events acked")
+                info = await consumer_info(nc, store.stream_name, "r3")
+                old = info["cluster"]["leader"]
+                killed = nats_cluster.names.index(old)
+                retries_before = store.stats.retries + sub.metrics.repulls
+                nats_cluster.kill(killed)
+                # Appended during the election: consumption must get these too.
+                events += await append_more(store, 5)
 
-            async def new_leader() -> bool:
-                try:
-                    info = await consumer_info(nc, store.stream_name, "r3")
-                except (nats.errors.Error, TimeoutError):
-                    return False
-                leader = (info.get("cluster") or {}).get("leader")
-                return leader is not None and leader != old
+                async def new_leader() -> bool:
+                    try:
+                        info = await consumer_info(nc, store.stream_name, "r3")
+                    except (nats.errors.Error, TimeoutError):
+                        return False
+                    leader = (info.get("cluster") or {}).get("leader")
+                    return leader is not None and leader != old
 
-            await until(new_leader, "a new consumer leader", guard=120)
-            await asyncio.wait_for(consumer, 120)
-        assert acked == set(range(1, total + 1))  # nothing lost
+                await until(new_leader, "a new consumer leader", guard=120)
+                everything = set(range(1, len(events) + 1))
+                await until(
+                    lambda: acked >= everything or consumer.done(), "every event acked", 120
+                )
+                assert not consumer.done(), consumer  # it never failed
+            finally:
+                consumer.cancel()
+        assert acked == everything  # nothing lost
         # The kill reached the subscriber: a pull or an ack had to be sent again.
         assert store.stats.retries + sub.metrics.repulls > retries_before
-        print(f"\n[durable R3 leader kill] events={total} deliveries={deliveries}")
+        m = sub.metrics
+        print(
+            f"\n[durable R3 leader kill] events={len(events)} deliveries={deliveries} "
+            f"(again after an ack: {deliveries - len(acked)}) repulls={m.repulls} "
+            f"forgotten={m.forgotten} duplicates={m.duplicates} retries={store.stats.retries}"
+        )
     finally:
         await nc.close()
         if killed is not None:
             await asyncio.to_thread(nats_cluster.start, killed)
+        async with await nats.connect(servers=nats_cluster.urls) as admin:  # the cluster is shared
+            js = admin.jetstream()
+            for name in (stream, f"{stream}_snapshots", f"{stream}_parked"):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_stream(name)
 
 
 async def append_more(store: JetStreamEventStore, actors: int) -> list[Event]:

@@ -40,7 +40,10 @@ sends nothing. An event not settled within ``ack_wait`` is delivered again (to a
 subscriber of the name); ``await delivery.in_progress()`` restarts its ``ack_wait`` for
 a long handler. ``attempt`` counts every delivery by the server, including those a
 crashed or closed subscriber had received but not handed out yet, so keep
-``max_deliver`` above 1 or 2.
+``max_deliver`` above 1 or 2. A subscription does not hand out again an event it acked
+itself (among its last :data:`RECENT_ACKS` acks): a redelivery that raced the ack (sent
+when ``ack_wait`` passed, e.g. during a consumer leader election) is acked again and
+counted in ``metrics.duplicates``.
 
 Each settlement is confirmed by the server (a request on the message's ack subject;
 nats-server answers every ack kind given a reply subject, on a replicated consumer once
@@ -111,7 +114,7 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -160,6 +163,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "PARKED_SUFFIX",
     "PULL_BATCH",
+    "RECENT_ACKS",
     "Delivery",
     "DeliverySettledError",
     "DurableSubscription",
@@ -185,6 +189,8 @@ _NAME = re.compile(r"[A-Za-z0-9_-]+")
 PARKED_SUFFIX = "_parked"
 #: Messages asked for per pull request (at most this many wait here, unhandled).
 PULL_BATCH = 64
+#: Acks a subscription remembers, so as not to hand out again an event it acked itself.
+RECENT_ACKS = 10_000
 #: Bytes asked for per pull request, at least (one server ``max_payload`` if larger).
 PULL_MAX_BYTES = 4 * 1024 * 1024
 
@@ -319,6 +325,9 @@ class DurableSubscriptionMetrics:
     - ``forgotten``: settlements the server could not apply because it no longer knew
       the delivery (its consumer state was lost in a crash, or the consumer recreated):
       those events are delivered again.
+    - ``duplicates``: deliveries of an event this subscription had acked itself (among
+      its last :data:`RECENT_ACKS`), e.g. a redelivery that raced the ack across a leader
+      change: acked again, not handed out.
     - ``lag``: events stored but not yet handed out by this subscription: the consumer's
       pending count as of the last message received, plus those received and not yet
       handed out (None before the server said).
@@ -332,6 +341,7 @@ class DurableSubscriptionMetrics:
     filtered: int = 0
     repulls: int = 0
     forgotten: int = 0
+    duplicates: int = 0
     lag: int | None = None
 
 
@@ -441,6 +451,7 @@ class Delivery:
             if await self._sub._settle(self._reply, b"+ACK", self.position, self._epoch):
                 self._sub._metrics.acked += 1
             self._outcome = "ack"
+            self._sub._remember_ack(self.position, self.event.id)
 
     async def nack(self, delay: timedelta | float | None = None) -> None:
         """Deliver the event again, after *delay* (a timedelta, or seconds) if given, to
@@ -569,6 +580,8 @@ class DurableSubscription:
         self._parked_stream = self._stream + PARKED_SUFFIX
         self._metrics = DurableSubscriptionMetrics()
         self._pending: int | None = None  # the consumer's num_pending, last seen
+        # (position, event id) of this subscription's latest acks, oldest first
+        self._recent_acks: OrderedDict[tuple[int, str], None] = OrderedDict()
         self._buffer: deque[_Received] = deque()
         # (reconnect count, the consumer's delivered stream sequence then): see _settle
         self._known: tuple[int, int] | None = None
@@ -737,7 +750,6 @@ class DurableSubscription:
             self._delay = min(self._delay * 2, 1.0)
             if self._closed:
                 return
-            self._metrics.repulls += 1
         if self._check_consumer:
             await self._ensure_consumer(existing_only=True)
             self._check_consumer = False
@@ -769,6 +781,7 @@ class DurableSubscription:
     def _lost(self, why: str, *, check: bool) -> None:
         """The pull in flight is gone (or may be): send another, after a pause."""
         self._pull = None
+        self._metrics.repulls += 1
         self._trouble(why, check=check)
 
     def _trouble(self, why: str, *, check: bool) -> None:
@@ -836,6 +849,12 @@ class DurableSubscription:
                 await self._nc.publish(msg.reply, b"+ACK")  # if lost: filtered out again
             self._metrics.filtered += 1
             return None
+        if valid is not None and attempt > 1 and (seq, valid.id) in self._recent_acks:
+            # Acked here already: the redelivery raced the ack (e.g. a new consumer leader
+            # redelivered what had passed its ack_wait during the election).
+            await self._settle(msg.reply, b"+ACK", seq, epoch)
+            self._metrics.duplicates += 1
+            return None
         if attempt > 1 and await self._already_parked(valid, msg.subject, seq):
             # Parked by an earlier delivery whose +TERM never reached the server.
             await self._settle(msg.reply, b"+TERM parked", seq, epoch)
@@ -882,6 +901,12 @@ class DurableSubscription:
         if attempt > 1:
             self._metrics.redelivered += 1
         return Delivery(self, msg.reply, valid, attempt, epoch)
+
+    def _remember_ack(self, seq: int, event_id: str) -> None:
+        recent = self._recent_acks
+        recent[(seq, event_id)] = None
+        if len(recent) > RECENT_ACKS:
+            recent.popitem(last=False)
 
     async def _already_parked(self, event: Event | None, subject: str, seq: int) -> bool:
         """Whether (name, *seq*) has a park record of this very message (one read)."""
