@@ -66,7 +66,8 @@ not waited for: the settlement returns, buffered ones are dropped, each is count
 - a delivery whose ``attempt`` exceeds ``max_deliver``: the last attempt was neither
   acked nor nacked within ``ack_wait`` (its handler crashed, hung, or its subscriber
   closed): reason ``max_deliver``, parked by whichever subscriber of the name receives
-  it next, without handing it out;
+  it next (the server redelivers it as soon as ``ack_wait`` has passed, to any pull
+  waiting), without handing it out;
 - a message that is not a valid event of its subject's actor: reason ``malformed``, at
   once, without handing it out.
 
@@ -673,10 +674,8 @@ class DurableSubscription:
 
     async def _start(self) -> None:
         async with self._start_lock:
-            if self._started:
-                return
-            if self._closed:
-                raise StopAsyncIteration
+            if self._started or self._closed:
+                return  # (closed before it started: iteration simply ends)
             await _ensure_parked_stream(self._store)
             await self._ensure_consumer()
             self._inbox = self._nc.new_inbox()
