@@ -27,16 +27,17 @@ from nats.aio.client import Client
 from aether import Event
 from aether.bus import SubscriptionFilter
 from aether.errors import StoreUnavailableError, UnsuitableStreamError
-from aether.store import Delivery, DurableSubscription, JetStreamConfig, JetStreamEventStore
-from aether.store._durable import (
+from aether.store import (
+    Delivery,
     DeliverySettledError,
+    DurableSubscription,
+    InvalidConfigError,
     InvalidSubscriptionNameError,
+    JetStreamConfig,
+    JetStreamEventStore,
     ParkedEvent,
     SubscriptionConflictError,
-    durable_subscriptions,
-    unpark,
 )
-from aether.store.config import InvalidConfigError
 from aether.testing import NatsCluster, NatsServer
 
 from ._stores import StoreFactory, unique
@@ -346,8 +347,8 @@ async def test_parking_twice_records_once_and_unpark_removes_it(
         )
     [parked] = await js_store.parked("twice")
     assert parked.detail != "again"
-    assert await unpark(js_store, "twice", 1) is True
-    assert await unpark(js_store, "twice", 1) is False
+    assert await js_store.unpark("twice", 1) is True
+    assert await js_store.unpark("twice", 1) is False
     assert await js_store.parked("twice") == []
     assert await js_store.parked("never-made") == []
 
@@ -518,7 +519,7 @@ async def test_an_existing_consumer_is_reused_updated_or_refused(
         await anext(js_store.durable_subscription("foreign"))
     assert caught.value.setting == "consumer"
 
-    listed = await durable_subscriptions(js_store)
+    listed = await js_store.durable_subscriptions()
     assert [i.name for i in listed] == ["shared"]  # not the foreign consumer
 
 
@@ -531,7 +532,7 @@ async def test_durable_subscriptions_lists_pending_and_parked(
         await (await next_delivery(sub)).term()
     async with js_store.durable_subscription("b"):
         pass
-    a, b = await durable_subscriptions(js_store)
+    a, b = await js_store.durable_subscriptions()
     assert (a.name, a.parked, a.acked_position) == ("a", 1, 2)
     assert a.pending + a.ack_pending == 2  # two events not settled (nacked at close)
     assert (b.name, b.parked, b.pending, b.ack_pending) == ("b", 0, 4, 0)

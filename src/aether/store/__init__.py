@@ -1,7 +1,16 @@
 """Event stores: the protocols and the in-memory and JetStream backends."""
 
 from aether.event import MAX_VERSION
-from aether.store._durable import Delivery, DurableSubscription, ParkedEvent
+from aether.store._durable import (
+    Delivery,
+    DeliverySettledError,
+    DurableSubscription,
+    DurableSubscriptionInfo,
+    DurableSubscriptionMetrics,
+    InvalidSubscriptionNameError,
+    ParkedEvent,
+    SubscriptionConflictError,
+)
 from aether.store._provision import StreamSettings
 from aether.store._rules import MAX_BATCH_SIZE
 from aether.store._subjects import MAX_TOKEN_LENGTH
@@ -16,10 +25,14 @@ __all__ = [
     "MAX_TOKEN_LENGTH",
     "MAX_VERSION",
     "Delivery",
+    "DeliverySettledError",
     "DurableSubscription",
+    "DurableSubscriptionInfo",
+    "DurableSubscriptionMetrics",
     "EventStore",
     "InMemoryEventStore",
     "InvalidConfigError",
+    "InvalidSubscriptionNameError",
     "JetStreamConfig",
     "JetStreamEventStore",
     "ParkedEvent",
@@ -27,5 +40,6 @@ __all__ = [
     "StoreStats",
     "StreamSettings",
     "Subscription",
+    "SubscriptionConflictError",
     "SubscriptionStats",
 ]

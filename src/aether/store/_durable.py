@@ -152,6 +152,7 @@ from aether.store._subjects import (
     META_KIND,
     META_NAMESPACE,
     META_STREAM,
+    PARKED_SUFFIX,
     decode_actor_token,
     encode_actor_id,
 )
@@ -186,8 +187,6 @@ _log = logging.getLogger("aether.store")
 #: directory on the server's disk.
 MAX_NAME_LENGTH = 255
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
-#: Appended to the events stream's name to name the stream of parked-event records.
-PARKED_SUFFIX = "_parked"
 #: Messages asked for per pull request (at most this many wait here, unhandled).
 PULL_BATCH = 64
 #: Acks a subscription remembers, so as not to hand out again an event it acked itself.

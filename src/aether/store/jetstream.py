@@ -53,7 +53,15 @@ from aether.replay import ReplayError, ReplayResult
 from aether.store import _rules
 from aether.store._append import Answer, PendingAppend, Step, classify, decide
 from aether.store._cache import EMPTY, CacheEntry, KeyedLocks, VersionCache
-from aether.store._durable import DurableSubscription, ParkedEvent, durable_subscription, parked
+from aether.store._durable import (
+    DurableSubscription,
+    DurableSubscriptionInfo,
+    ParkedEvent,
+    durable_subscription,
+    durable_subscriptions,
+    parked,
+    unpark,
+)
 from aether.store._jsapi import (
     BATCH_INCOMPLETE,
     JsApi,
@@ -837,6 +845,16 @@ class JetStreamEventStore:
     async def parked(self, name: str) -> list[ParkedEvent]:
         """The events durable subscription *name* gave up on, oldest first."""
         return await parked(self, name)
+
+    async def unpark(self, name: str, position: int) -> bool:
+        """Remove durable subscription *name*'s parked record of *position* (after an
+        operator handled that event again). Returns whether there was one."""
+        return await unpark(self, name, position)
+
+    async def durable_subscriptions(self) -> list[DurableSubscriptionInfo]:
+        """Every durable subscription on this store's stream (consumers aether made), by
+        name, with its pending, ack-pending, redelivered and parked counts."""
+        return await durable_subscriptions(self)
 
     # -- snapshots ------------------------------------------------------------------------
 
