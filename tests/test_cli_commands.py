@@ -1026,3 +1026,54 @@ def test_aether_errors_become_one_line_errors(
     assert caught.value.exit_code == exit_code
     assert message in caught.value.format_message()
     assert "\n" not in caught.value.format_message()
+
+
+def test_subscriptions_lists_durable_subscriptions_and_their_parked_events(
+    streams: Streams, nats_url: str
+) -> None:
+    name = streams.name()
+    events = [ev("acc", 1), ev("acc", 2), ev("acc", 3)]
+    run(lambda: streams.seed(name, events))
+
+    async def consume() -> None:
+        async with await nats.connect(nats_url) as nc:
+            store = await JetStreamEventStore.attach(nc, name)
+            async with store.durable_subscription("mails", max_deliver=2) as deliveries:
+                async for delivery in deliveries:
+                    if delivery.event.version == 2:
+                        await delivery.term("no address")
+                    else:
+                        await delivery.ack()
+                    if delivery.event.version == 3:
+                        break
+            await store.close()
+
+    run(consume)
+    empty = aether("subscriptions", "-s", streams.name(), url=nats_url)
+    assert empty.exit_code == 3  # no such stream
+    listed = aether("subscriptions", "-s", name, url=nats_url)
+    assert listed.exit_code == 0, listed.output
+    [row] = [line.split() for line in listed.stdout.splitlines() if line.startswith("mails")]
+    assert row[:2] == ["mails", "-"] and row[-2:] == ["1", "3"]  # parked 1, acked to 3
+    [info] = json_lines(aether("subscriptions", "-s", name, "--json", url=nats_url))
+    assert (info["name"], info["parked"], info["ackedPosition"], info["maxDeliver"]) == (
+        "mails",
+        1,
+        3,
+        2,
+    )
+    parked = aether("subscriptions", "-s", name, "--parked", "mails", "--json", url=nats_url)
+    [record] = json_lines(parked)
+    assert (record["position"], record["actorId"], record["version"], record["reason"]) == (
+        2,
+        "acc",
+        2,
+        "term",
+    )
+    assert record["eventId"] == events[1].id and record["detail"] == "no address"
+    table = aether("subscriptions", "-s", name, "--parked", "mails", url=nats_url)
+    assert "term: no address" in table.stdout
+    none = aether("subscriptions", "-s", name, "--parked", "other", url=nats_url)
+    assert none.exit_code == 0 and "no parked events" in none.stderr
+    bad = aether("subscriptions", "-s", name, "--parked", "bad name", url=nats_url)
+    assert bad.exit_code == EXIT_INVALID, bad.output

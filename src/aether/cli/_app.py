@@ -19,6 +19,7 @@ from aether.cli.server import server
 from aether.cli.snapshot import snapshot
 from aether.cli.stream import stream
 from aether.cli.streams import streams
+from aether.cli.subscriptions import subscriptions
 from aether.cli.tail import tail
 
 __all__ = ["AetherGroup", "cli"]
@@ -53,5 +54,16 @@ def cli() -> None:
     """
 
 
-for _command in (demo, server, streams, stream, actors, events, tail, append, snapshot):
+for _command in (
+    demo,
+    server,
+    streams,
+    stream,
+    actors,
+    events,
+    tail,
+    subscriptions,
+    append,
+    snapshot,
+):
     cli.add_command(_command)
