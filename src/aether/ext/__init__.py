@@ -1,0 +1,1 @@
+"""Integrations of aether with other libraries (each needs its own extra)."""
