@@ -8,6 +8,7 @@ a stream of its own.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import uuid
@@ -21,7 +22,9 @@ pytest.importorskip("eventsourcing")  # the "eventsourcing" extra (part of "dev"
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
+    IntegrityError,
     ProcessRecorder,
+    Tracking,
     TrackingRecorder,
 )
 
@@ -85,6 +88,11 @@ class TestApplicationRecorder(
 ):
     def create_recorder(self) -> ApplicationRecorder:
         return self.factory().application_recorder()
+
+    def test_insert_subscribe(self) -> None:
+        # The library's optional subscribe case (blocking at the tail, stop, topics), run
+        # as its own persistence modules run it.
+        self.optional_test_insert_subscribe()
 
 
 class TestTrackingRecorder(_Recorders, es_persistence.TrackingRecorderTestCase):
@@ -166,6 +174,82 @@ class TestExampleApplication(_AppEnvironment, es_application.ExampleApplicationT
         super().tearDown()
 
 
+class JetStreamEventCounters(JetStreamTrackingRecorder, es_projection.EventCountersView):
+    """A materialised view on JetStream for the library's projection cases. Its state
+    (the counters) and its tracking live in one record, on one subject of the tracking
+    stream, replaced with a compare-and-set: counting an event and recording that it was
+    counted are one atomic write, and a tracking id not after the recorded one raises
+    IntegrityError with nothing changed."""
+
+    def _subject(self) -> str:
+        return f"{self._tracking_stream}.view"
+
+    async def _read(self) -> tuple[dict[str, Any], int]:
+        msg = await self._api.last_msg(self._tracking_stream, self._subject())
+        if msg is None:
+            return {"tracking": {}, "created": 0, "subsequent": 0}, 0
+        return json.loads(msg.data), msg.seq
+
+    async def _update(self, tracking: Tracking, counter: str | None) -> None:
+        while True:
+            state, seq = await self._read()
+            current = state["tracking"].get(tracking.application_name)
+            if current is not None and tracking.notification_id <= current:
+                raise IntegrityError(f"{tracking} is not after {current}")
+            state["tracking"][tracking.application_name] = tracking.notification_id
+            if counter is not None:
+                state[counter] += 1
+            answer, _ = await self._api.request(
+                self._subject(),
+                json.dumps(state).encode(),
+                {"Nats-Expected-Last-Subject-Sequence": str(seq)},
+                stream=self._tracking_stream,
+            )
+            if answer.get("error") is None:
+                return  # else someone else wrote meanwhile: read again and decide
+
+    async def _max_tracking(self, application_name: str) -> tuple[int | None, int, int]:
+        state, seq = await self._read()
+        return state["tracking"].get(application_name), 0, seq
+
+    async def _insert_tracking(self, tracking: Tracking) -> None:
+        await self._update(tracking, None)
+
+    def get_created_event_counter(self) -> int:
+        return int(self._run(self._read())[0]["created"])
+
+    def get_subsequent_event_counter(self) -> int:
+        return int(self._run(self._read())[0]["subsequent"])
+
+    def incr_created_event_counter(self, tracking: Tracking) -> None:
+        self._run(self._update(tracking, "created"))
+
+    def incr_subsequent_event_counter(self, tracking: Tracking) -> None:
+        self._run(self._update(tracking, "subsequent"))
+
+
+class TestEventCountersView(_Recorders, es_projection.EventCountersViewTestCase):
+    def construct_event_counters_view(self) -> es_projection.EventCountersView:
+        view = self.factory().tracking_recorder(JetStreamEventCounters)
+        assert isinstance(view, JetStreamEventCounters)
+        return view
+
+
+class TestAggregateEventCountersProjection(
+    _AppEnvironment, es_projection.AggregateEventCountersProjectionTestCase
+):
+    view_class = JetStreamEventCounters
+    env: ClassVar[dict[str, str]] = {}
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.env = self._set_environ()  # type: ignore[misc]
+
+    def tearDown(self) -> None:
+        self._restore_environ()
+        super().tearDown()
+
+
 class TestEventSourcedProjection(_AppEnvironment, es_projection.EventSourcedProjectionTestCase):
     env: ClassVar[dict[str, str]] = {}
 
@@ -202,3 +286,10 @@ def test_called_from_inside_another_event_loop(nats_url: str) -> None:
         assert asyncio.run(inside()) == [1]
     finally:
         factory.close()
+
+
+class TestNonInterleavingNotificationIDs(
+    _Recorders, es_persistence.NonInterleavingNotificationIDsBaseCase
+):
+    def create_recorder(self) -> ApplicationRecorder:
+        return self.factory().application_recorder()

@@ -52,7 +52,8 @@ import ssl
 import struct
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from uuid import UUID
@@ -185,6 +186,8 @@ class _LoopThread:
         self.loop = asyncio.new_event_loop()
         self._closed = False
         self._lock = threading.Lock()
+        #: run on the loop once it stops, before its tasks are cancelled (closing the client)
+        self.on_stop: list[Callable[[], Awaitable[object]]] = []
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -192,6 +195,9 @@ class _LoopThread:
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_forever()
+            for stop in self.on_stop:
+                with contextlib.suppress(Exception):
+                    self.loop.run_until_complete(stop())
             pending = asyncio.all_tasks(self.loop)
             for task in pending:
                 task.cancel()
@@ -242,6 +248,14 @@ class _Connection:
         self.api = api
         self.replay = Replayer(api)
         self.streams: dict[str, int] = {}  # stream name -> replicas, once ensured
+        runner.on_stop.append(nc.close)
+        # The library may drop a factory without closing it and keep using its recorders
+        # (ProjectionRunner does): the loop thread lives as long as the recorders (or the
+        # factory) hold this connection, and stops when the last of them is collected.
+        self._finalizer = weakref.finalize(self, runner.close)
+
+    def close(self) -> None:
+        self._finalizer()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(coro)
@@ -929,12 +943,5 @@ class Factory(InfrastructureFactory[TrackingRecorder]):
 
     def close(self) -> None:
         """Close the NATS connection and stop the factory's event-loop thread."""
-        runner = self._runner
-        with contextlib.suppress(Exception):
-            runner.run(self._conn.nc.close())
-        runner.close()
+        self._conn.close()
         super().close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self._runner.close()
