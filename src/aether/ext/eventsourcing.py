@@ -51,7 +51,6 @@ import re
 import ssl
 import struct
 import threading
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -82,14 +81,11 @@ from nats.aio.msg import Msg
 from aether import _json
 from aether.errors import AetherError
 from aether.store._jsapi import (
-    BATCH_INCOMPLETE,
     STREAM_NAME_IN_USE,
     WRONG_LAST_SEQUENCE,
     WRONG_LAST_SEQUENCE_IN_FLIGHT,
     JsApi,
     StoredMsg,
-    TransientError,
-    decode_answer,
     raise_for_error,
 )
 from aether.store._replay import Replayer
@@ -462,7 +458,6 @@ class JetStreamAggregateRecorder(_Recorder, AggregateRecorder):
         expected_last: int | None,
     ) -> tuple[dict[str, Any], bool]:
         firsts = {index: subject for subject, index in first_index.items()}
-        nc, timeout = self._conn.nc, self._api.request_timeout
 
         def headers_for(index: int) -> dict[str, str]:
             headers: dict[str, str] = {}
@@ -473,38 +468,11 @@ class JetStreamAggregateRecorder(_Recorder, AggregateRecorder):
                 headers["Nats-Expected-Last-Sequence"] = str(expected_last)
             return headers
 
-        if len(payloads) == 1:
-            return await self._api.request(
-                subjects[0], payloads[0], headers_for(0), stream=self._stream
-            )
-
-        diagnose = False
-
-        async def attempt() -> dict[str, Any]:
-            nonlocal diagnose
-            batch_id = uuid.uuid4().hex
-            last_index = len(payloads) - 1
-            for index, payload in enumerate(payloads):
-                headers = headers_for(index)
-                headers["Nats-Batch-Id"] = batch_id
-                headers["Nats-Batch-Sequence"] = str(index + 1)
-                if index < last_index and not diagnose:
-                    await nc.publish(subjects[index], payload, headers=headers)
-                    continue
-                if index == last_index:
-                    headers["Nats-Batch-Commit"] = "1"
-                msg = await nc.request(subjects[index], payload, timeout=timeout, headers=headers)
-                if index < last_index and not msg.data:
-                    continue
-                answer = decode_answer(msg.data)
-                error = answer.get("error")
-                if error is not None and error.get("err_code") == BATCH_INCOMPLETE:
-                    diagnose = True
-                    raise TransientError(ambiguous=False)
-                return answer
-            raise AssertionError("unreachable")
-
-        return await self._api.until_known(attempt, stream=self._stream)
+        messages = [
+            (subject, payload, headers_for(index))
+            for index, (subject, payload) in enumerate(zip(subjects, payloads, strict=True))
+        ]
+        return await self._api.publish_batch(messages, stream=self._stream)
 
     # -- reads
 

@@ -13,7 +13,8 @@ import asyncio
 import base64
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -190,6 +191,57 @@ class JsApi:
         )
         raise_for_error(answer, stream)
         return answer
+
+    async def publish_batch(
+        self, messages: Sequence[tuple[str, bytes, dict[str, str]]], *, stream: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Publish *messages* ``(subject, payload, headers)`` of *stream* as one atomic batch
+        (ADR-50: all stored or none), retried until the outcome is known, like
+        :meth:`request`; returns (the commit's answer, ambiguous). One message is a plain
+        publish request.
+
+        The batch headers (``Nats-Batch-Id``, ``-Sequence``, ``-Commit``) are added here;
+        a retry re-sends the whole batch under a fresh batch id. Non-final messages go
+        without a reply subject (one round trip per batch), so when the server refuses
+        one, the commit only says "batch incomplete" (nothing stored). Often that is a 429
+        (too many batches in flight), worth another try, but it may be permanent (a
+        stream limit): so the next attempt asks for a reply to every message, and the
+        real answer decides, retried or returned.
+        """
+        if len(messages) == 1:
+            subject, payload, headers = messages[0]
+            return await self.request(subject, payload, headers, stream=stream)
+        diagnose = False
+        last_index = len(messages) - 1
+
+        async def attempt() -> dict[str, Any]:
+            nonlocal diagnose
+            batch_id = uuid.uuid4().hex
+            for index, (subject, payload, extra) in enumerate(messages):
+                headers = {
+                    **extra,
+                    "Nats-Batch-Id": batch_id,
+                    "Nats-Batch-Sequence": str(index + 1),
+                }
+                if index < last_index and not diagnose:
+                    await self.nc.publish(subject, payload, headers=headers)
+                    continue
+                if index == last_index:
+                    headers["Nats-Batch-Commit"] = "1"
+                msg = await self.nc.request(
+                    subject, payload, timeout=self.request_timeout, headers=headers
+                )
+                if index < last_index and not msg.data:
+                    continue  # accepted: an empty reply
+                answer = decode_answer(msg.data)  # "not now" answers raise: tried again
+                error = answer.get("error")
+                if error is not None and error.get("err_code") == BATCH_INCOMPLETE:
+                    diagnose = True
+                    raise TransientError(ambiguous=False)
+                return answer
+            raise AssertionError("unreachable: a batch has at least one message")
+
+        return await self.until_known(attempt, stream=stream)
 
     async def get_msg(self, stream: str, body: dict[str, Any]) -> StoredMsg | None:
         """``STREAM.MSG.GET`` served by the stream leader (authoritative); None if absent.

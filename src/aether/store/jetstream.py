@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 import weakref
 from collections.abc import (
     AsyncGenerator,
@@ -63,13 +62,10 @@ from aether.store._durable import (
     unpark,
 )
 from aether.store._jsapi import (
-    BATCH_INCOMPLETE,
     JsApi,
     StoredMsg,
-    TransientError,
     api_for,
     atomic_publish_supported,
-    decode_answer,
     raise_for_error,
     require_jetstream,
 )
@@ -530,56 +526,18 @@ class JetStreamEventStore:
         *restored*: the single event's id was found pointing to a purged message that many
         times (see :func:`_msg_id`)."""
         subject = append.subject
+        expected = {"Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
         if len(append.payloads) == 1:
-            headers = {
-                "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
-                "Nats-Msg-Id": _msg_id(append.ids[0], restored),
-            }
-            return await self._api.request(
-                subject, append.payloads[0], headers, stream=self._stream
-            )
-
-        # Non-final batch messages go without a reply subject (one round trip per batch),
-        # so when the server refuses one, the commit only says "batch incomplete" (nothing
-        # stored). Often that is a 429 (too many batches in flight), worth another try;
-        # but it may be permanent (a stream limit). So the next attempt asks for a reply
-        # to every message, and the real answer decides: retried or raised.
-        diagnose = False
-
-        async def attempt() -> dict[str, Any]:
-            nonlocal diagnose
-            # A fresh batch id per attempt: a retry re-sends the whole batch.
-            batch_id = uuid.uuid4().hex
-            last_index = len(append.payloads) - 1
-            for index, (event_id, payload) in enumerate(
-                zip(append.ids, append.payloads, strict=True)
-            ):
-                headers = {
-                    "Nats-Batch-Id": batch_id,
-                    "Nats-Batch-Sequence": str(index + 1),
-                    "Nats-Msg-Id": event_id,
-                }
-                if index == 0:
-                    headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
-                if index < last_index and not diagnose:
-                    await self._nc.publish(subject, payload, headers=headers)
-                    continue
-                if index == last_index:
-                    headers["Nats-Batch-Commit"] = "1"
-                msg = await self._nc.request(
-                    subject, payload, timeout=self._api.request_timeout, headers=headers
+            headers = {**expected, "Nats-Msg-Id": _msg_id(append.ids[0], restored)}
+            messages = [(subject, append.payloads[0], headers)]
+        else:
+            messages = [
+                (subject, payload, {**(expected if index == 0 else {}), "Nats-Msg-Id": event_id})
+                for index, (event_id, payload) in enumerate(
+                    zip(append.ids, append.payloads, strict=True)
                 )
-                if index < last_index and not msg.data:
-                    continue  # accepted: an empty reply
-                answer = decode_answer(msg.data)  # "not now" answers raise: tried again
-                error = answer.get("error")
-                if error is not None and error.get("err_code") == BATCH_INCOMPLETE:
-                    diagnose = True
-                    raise TransientError(ambiguous=False)
-                return answer
-            raise AssertionError("unreachable: a batch has at least one event")
-
-        return await self._api.until_known(attempt, stream=self._stream)
+            ]
+        return await self._api.publish_batch(messages, stream=self._stream)
 
     async def _held_at(self, append: PendingAppend, seq: int) -> _Held:
         """What the stream holds at *seq*, where the server says *append*'s id was stored."""
