@@ -37,7 +37,14 @@ class InsufficientFundsError(Exception):
 class BankAccount(Aggregate):
     """An account: opened, then credited and debited by transactions."""
 
-    @event("Opened")
+    class Opened(Aggregate.Created):
+        full_name: str
+        email_address: str
+
+    class TransactionAppended(Aggregate.Event):
+        amount: Decimal
+
+    @event(Opened)
     def __init__(self, full_name: str, email_address: str) -> None:
         self.full_name = full_name
         self.email_address = email_address
@@ -51,7 +58,7 @@ class BankAccount(Aggregate):
             raise InsufficientFundsError(f"{self.full_name} has {self.balance}")
         self._append_transaction(-amount)
 
-    @event("TransactionAppended")
+    @event(TransactionAppended)
     def _append_transaction(self, amount: Decimal) -> None:
         self.balance += amount
 
@@ -138,7 +145,7 @@ class Statements(ProcessApplication[UUID]):
     ) -> None:
         statement_id = Statement.create_id(domain_event.originator_id)
         statement: Statement = self.repository.get(statement_id)
-        statement.add_line(domain_event.amount)  # type: ignore[attr-defined]
+        statement.add_line(domain_event.amount)
         processing_event.collect_events(statement)
 
     def get_lines(self, account_id: UUID) -> list[Decimal]:
@@ -149,16 +156,20 @@ class Statements(ProcessApplication[UUID]):
 # --8<-- [end:process]
 
 
-def run(url: str, prefix: str) -> None:
-    # --8<-- [start:settings]
-    env = {
+# --8<-- [start:settings]
+def environment(url: str, prefix: str) -> dict[str, str]:
+    return {
         "PERSISTENCE_MODULE": "aether.ext.eventsourcing",
         "NATS_URL": url,  # several servers: comma-separated
         "NATS_STREAM_PREFIX": prefix,  # streams <prefix>BankAccounts, <prefix>Statements
     }
-    # --8<-- [end:settings]
 
-    # --8<-- [start:system]
+
+# --8<-- [end:settings]
+
+
+# --8<-- [start:system]
+def start_system(env: dict[str, str]) -> tuple[SingleThreadedRunner[UUID], UUID, UUID]:
     runner = SingleThreadedRunner[UUID](System(pipes=[[BankAccounts, Statements]]), env=env)
     runner.start()
     accounts = runner.get(BankAccounts)
@@ -174,9 +185,14 @@ def run(url: str, prefix: str) -> None:
         print(f"refused: {exc}")
     print(f"balances: Alice {accounts.get_balance(alice)}, Bob {accounts.get_balance(bob)}")
     print(f"statement of Alice: {[str(line) for line in statements.get_lines(alice)]}")
-    # --8<-- [end:system]
+    return runner, alice, bob
 
-    # --8<-- [start:conflict]
+
+# --8<-- [end:system]
+
+
+# --8<-- [start:conflict]
+def concurrent_deposits(env: dict[str, str], accounts: BankAccounts, alice: UUID) -> None:
     # Another instance of the application (think: another process) on the same stream.
     other = BankAccounts(env=env)
     mine, theirs = accounts.get_account(alice), other.get_account(alice)
@@ -189,25 +205,45 @@ def run(url: str, prefix: str) -> None:
         print("conflict: IntegrityError, reloading and retrying")
         other.deposit(alice, Decimal("2.00"))  # load the current version, decide again
     other.close()
-    # --8<-- [end:conflict]
 
-    # --8<-- [start:log]
+
+# --8<-- [end:conflict]
+
+
+# --8<-- [start:log]
+def show_log(accounts: BankAccounts, alice: UUID) -> int:
     for notification in accounts.notification_log.select(start=1, limit=10):
         print(f"  {notification.id:>2} {notification.topic.rsplit('.', 1)[-1]}")
-    snapshots = [s.originator_version for s in accounts.snapshots.get(alice)]  # type: ignore[union-attr]
+    assert accounts.snapshots is not None  # snapshotting is on
+    snapshots = [s.originator_version for s in accounts.snapshots.get(alice)]
     print(f"snapshots of Alice at versions {snapshots}")
-    last = accounts.recorder.max_notification_id()
-    runner.stop()  # closes the applications and their NATS connections
-    # --8<-- [end:log]
+    return accounts.recorder.max_notification_id() or 0
 
-    # --8<-- [start:restart]
-    accounts = BankAccounts(env=env)  # the same application, restarted
+
+# --8<-- [end:log]
+
+
+# --8<-- [start:restart]
+def restart(env: dict[str, str], alice: UUID, bob: UUID, last: int) -> None:
+    accounts = BankAccounts(env=env)  # the same application, constructed again
     assert accounts.recorder.max_notification_id() == last
     accounts.deposit(bob, Decimal("5.00"))
     print(f"after a restart: Alice {accounts.get_balance(alice)}, Bob {accounts.get_balance(bob)}")
     print(f"notification ids go on: {last} -> {accounts.recorder.max_notification_id()}")
     accounts.close()
-    # --8<-- [end:restart]
+
+
+# --8<-- [end:restart]
+
+
+def run(url: str, prefix: str) -> None:
+    env = environment(url, prefix)
+    runner, alice, bob = start_system(env)
+    accounts = runner.get(BankAccounts)
+    concurrent_deposits(env, accounts, alice)
+    last = show_log(accounts, alice)
+    runner.stop()  # closes the applications and their NATS connections
+    restart(env, alice, bob, last)
 
 
 def main(argv: list[str] | None = None) -> int:

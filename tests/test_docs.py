@@ -32,6 +32,7 @@ README = ROOT / "README.md"
 HAND_WRITTEN = ["index.md", "concepts.md", "howto/fastapi.md", "howto/multiple-writers.md"]
 HAND_WRITTEN += ["howto/cluster.md", "howto/testing.md", "howto/event-bus.md"]
 HAND_WRITTEN += ["howto/read-side.md"]
+HAND_WRITTEN += ["howto/eventsourcing.md"]
 
 
 def rel(path: Path) -> str:

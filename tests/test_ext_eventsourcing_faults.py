@@ -382,7 +382,7 @@ def test_restarted_application_continues_its_notification_log(
             assert list(second.events.get(account_id)) == histories[account_id]
         assert second.snapshots is not None
         assert [s.originator_version for s in second.snapshots.get(accounts[0])] == [3, 5]
-        from_snapshot = second.repository.get(accounts[0], version=4)
+        from_snapshot: Any = second.repository.get(accounts[0], version=4)
         assert from_snapshot.balance == Decimal(1 + 4 + 7)  # snapshot at 3, then 1 event
 
         second.credit_account(accounts[1], Decimal(100))
