@@ -13,7 +13,7 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-__all__ = ["Account", "EsPeer"]
+__all__ = ["Account", "EsPeer", "ModuleApp", "PersistenceBenchApp"]
 
 _CHUNK = 10_000  # events per app.save while building a history
 
@@ -35,6 +35,8 @@ class EsPeer:
     def __init__(self, key: str, label: str, env: dict[str, str]) -> None:
         self.key = key
         self.label = label
+        #: the persistence settings (without the snapshotting flag)
+        self.env = dict(env)
         self.app: Application[UUID] = Application(env={**env, "IS_SNAPSHOTTING_ENABLED": "y"})
         self._writer: Account | None = None
 
@@ -88,4 +90,89 @@ class EsPeer:
         elapsed = time.perf_counter() - t0
         if account.version != length:
             raise RuntimeError(f"{self.key}: aggregate at version {account.version}")
+        return elapsed
+
+
+# -- the same application on each persistence module (benchmarks.es_module) ---------------
+
+_MODULE_CHUNK = 500  # events per app.save while building: under JetStream's batch limit
+
+
+class PersistenceBenchApp(Application[UUID]):
+    """The application of the persistence-module workloads: the library's defaults (no
+    snapshots, no aggregate cache), so ``repository.get`` reads every event."""
+
+
+class ModuleApp:
+    """One :class:`PersistenceBenchApp` on one persistence module, timed operation by
+    operation (``time.perf_counter``, seconds)."""
+
+    def __init__(self, key: str, label: str, env: dict[str, str]) -> None:
+        self.key = key
+        self.label = label
+        self.app = PersistenceBenchApp(env=env)
+
+    def close(self) -> None:
+        self.app.close()
+
+    def create(self, length: int) -> UUID:
+        """An aggregate with *length* events (version 1 is the Created event)."""
+        account = Account()
+        for version in range(2, length + 1):
+            account.deposit(version, "EUR", "benchmark deposit")
+            if version % _MODULE_CHUNK == 0:
+                self.app.save(account)
+        self.app.save(account)
+        return account.id
+
+    def save(self, saves: int, events_per_save: int) -> list[float]:
+        """*saves* ``app.save`` calls, one after another, each of *events_per_save* new
+        events of one aggregate (created, untimed, first): each call's seconds."""
+        account = Account()
+        self.app.save(account)
+        times: list[float] = []
+        clock = time.perf_counter
+        for i in range(saves):
+            for j in range(events_per_save):
+                account.deposit(i * events_per_save + j, "EUR", "benchmark deposit")
+            t0 = clock()
+            self.app.save(account)
+            times.append(clock() - t0)
+        return times
+
+    def get(self, aggregate_id: UUID, length: int, calls: int) -> list[float]:
+        """*calls* ``repository.get`` of an aggregate of *length* events: each call's
+        seconds."""
+        times: list[float] = []
+        clock = time.perf_counter
+        for _ in range(calls):
+            t0 = clock()
+            account: Account = self.app.repository.get(aggregate_id)
+            times.append(clock() - t0)
+            if account.version != length:
+                raise RuntimeError(f"{self.key}: aggregate at version {account.version}")
+        return times
+
+    def log_position(self) -> int:
+        """The application's newest notification id (0: none)."""
+        return self.app.recorder.max_notification_id() or 0
+
+    def read_log(self, start: int, count: int, page: int) -> float:
+        """Read *count* notifications from id *start* on with
+        ``notification_log.select(start, limit=page)``, page after page: seconds. (The
+        log's section size, 10 by default, is raised to *page* if smaller: ``select``
+        refuses a larger limit.)"""
+        log = self.app.notification_log
+        log.section_size = max(log.section_size, page)
+        read = 0
+        t0 = time.perf_counter()
+        while read < count:
+            notifications = log.select(start, limit=min(page, count - read))
+            if not notifications:
+                break
+            read += len(notifications)
+            start = notifications[-1].id + 1
+        elapsed = time.perf_counter() - t0
+        if read != count:
+            raise RuntimeError(f"{self.key}: read {read} notifications, expected {count}")
         return elapsed

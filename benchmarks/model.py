@@ -44,6 +44,12 @@ WORKLOADS: dict[str, str] = {
     "subscribe_live": "subscribe() live latency: append to delivery on another connection",
     "bus_local": "local EventBus publish to delivery, by subscriber count",
     "bus_nats": "NatsEventBus across processes, publish to delivery",
+    "eventsourcing_save": "eventsourcing app.save on aether.ext.eventsourcing vs SQLite, "
+    "PostgreSQL",
+    "eventsourcing_get": "eventsourcing repository.get on aether.ext.eventsourcing vs SQLite, "
+    "PostgreSQL",
+    "eventsourcing_log": "eventsourcing notification log reads on aether.ext.eventsourcing vs "
+    "SQLite, PostgreSQL",
 }
 
 
@@ -99,6 +105,21 @@ class Sizes:
     bus_fanout_events: int = 5_000
     #: timed rounds of the bus workloads
     bus_rounds: int = 5
+    #: eventsourcing persistence modules: new events per app.save ...
+    es_save_sizes: tuple[int, ...] = (1, 10)
+    #: ... and app.save calls per application per round
+    es_saves: int = 50
+    #: events of the aggregates repository.get reads ...
+    es_get_lengths: tuple[int, ...] = (10, 1_000)
+    #: ... and repository.get calls per application and length per round
+    es_gets: int = 20
+    #: timed rounds of the save and get workloads
+    es_rounds: int = 10
+    #: notifications read per round, and the limits (page sizes) they are read with ...
+    es_log_events: int = 5_000
+    es_log_pages: tuple[int, ...] = (10, 1_000)
+    #: ... in this many timed rounds
+    es_log_rounds: int = 5
 
     def __post_init__(self) -> None:
         if not self.history_lengths or min(self.history_lengths) < 1:
@@ -125,6 +146,11 @@ class Sizes:
             "bus_subscribers",
             "bus_fanout_events",
             "bus_rounds",
+            "es_saves",
+            "es_gets",
+            "es_rounds",
+            "es_log_events",
+            "es_log_rounds",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -132,6 +158,10 @@ class Sizes:
             raise ValueError("snapshot_tail must be between 1 and the longest history - 1")
         if self.catchup_events % self.catchup_actors:
             raise ValueError("catchup_events must be a multiple of catchup_actors")
+        for name in ("es_save_sizes", "es_get_lengths", "es_log_pages"):
+            values: tuple[int, ...] = getattr(self, name)
+            if not values or min(values) < 1 or list(values) != sorted(set(values)):
+                raise ValueError(f"{name} must be positive and strictly increasing")
 
     def rounds_for(self, length: int) -> int:
         return self.long_replay_rounds if length >= self.long_history else self.replay_rounds
@@ -157,6 +187,11 @@ QUICK = Sizes(
     bus_events=5_000,
     bus_fanout_events=1_000,
     bus_rounds=2,
+    es_saves=15,
+    es_gets=10,
+    es_rounds=3,
+    es_log_events=1_000,
+    es_log_rounds=2,
 )
 
 

@@ -112,8 +112,10 @@ def bench(
 
     Appends (1 writer; concurrent writers on distinct actors; a hot actor),
     get_latest_version latency and replay throughput by history length, snapshot +
-    tail against full replay, subscribe() catch-up and live latency, and the event bus
-    (in-process, and across two processes). Baselines run in the same rounds
+    tail against full replay, subscribe() catch-up and live latency, the event bus
+    (in-process, and across two processes), and the eventsourcing library's app.save,
+    repository.get and notification log on aether.ext.eventsourcing against its SQLite
+    and PostgreSQL modules. Baselines run in the same rounds
     (interleaved), and every figure is reported as a ratio to them. The full run takes a
     few minutes; --quick well under one.
     """

@@ -29,6 +29,7 @@ from benchmarks.baselines import (
     open_postgres_peer,
     open_sqlite_peer,
 )
+from benchmarks.es_module import ES_WORKLOADS, es_targets
 from benchmarks.model import (
     FULL,
     QUICK,
@@ -51,7 +52,7 @@ __all__ = ["DEFAULT_OUT_DIR", "POSTGRES_DSN_ENV", "Connector", "SuiteOptions", "
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 POSTGRES_DSN_ENV = "AETHER_BENCH_POSTGRES_DSN"
 _HISTORY_WORKLOADS = ("latest_version", "replay", "snapshot_tail")
-_PEER_WORKLOADS = ("append_single", *_HISTORY_WORKLOADS)
+_PEER_WORKLOADS = ("append_single", *_HISTORY_WORKLOADS, *ES_WORKLOADS)
 
 #: a NATS URL, or a coroutine function returning a connected client
 Connector = str | Callable[[], Awaitable[Client]]
@@ -171,7 +172,12 @@ async def run_suite(
                         url=connect if isinstance(connect, str) else options.url,
                         streams=extra_streams,
                     )
-                    await _run_workloads(bench, selected, result, progress)
+                    try:
+                        await _run_workloads(bench, selected, result, progress)
+                    finally:
+                        for close in bench.closers:
+                            with contextlib.suppress(Exception):
+                                close()
                 finally:
                     for peer in peers:
                         if postgres is None or peer is not postgres.peer:
@@ -329,7 +335,7 @@ def evaluate_targets(result: SuiteResult, sizes: Sizes) -> list[Target]:
     ]
     for target in targets:
         _judge(target, result, longest, lengths)
-    return targets
+    return targets + es_targets(result, sizes)
 
 
 def _ratio(

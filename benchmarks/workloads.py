@@ -36,7 +36,7 @@ from benchmarks.model import (
 if TYPE_CHECKING:
     from uuid import UUID
 
-    from benchmarks._eventsourcing import EsPeer
+    from benchmarks._eventsourcing import EsPeer, ModuleApp
 
 __all__ = ["Bench", "History", "populate"]
 
@@ -77,6 +77,10 @@ class Bench:
     #: the read-side workloads' stream (``read_stream``) and how many events it holds
     read_store: JetStreamEventStore | None = None
     read_position: int = 0
+    #: the eventsourcing persistence-module workloads' applications (benchmarks.es_module)
+    es_apps: list[ModuleApp] = field(default_factory=list)
+    #: called by the suite at the end, before the streams are deleted
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def _workload(self, workload_id: str, description: str) -> WorkloadResult:
         return WorkloadResult(workload_id, WORKLOADS[workload_id], description)
@@ -662,6 +666,23 @@ class Bench:
         from benchmarks.bus import bus_nats
 
         return await bus_nats(self)
+
+    # -- the eventsourcing persistence modules (benchmarks.es_module) ---------------------
+
+    async def eventsourcing_save(self) -> WorkloadResult:
+        from benchmarks.es_module import eventsourcing_save
+
+        return await eventsourcing_save(self)
+
+    async def eventsourcing_get(self) -> WorkloadResult:
+        from benchmarks.es_module import eventsourcing_get
+
+        return await eventsourcing_get(self)
+
+    async def eventsourcing_log(self) -> WorkloadResult:
+        from benchmarks.es_module import eventsourcing_log
+
+        return await eventsourcing_log(self)
 
 
 async def populate(store: JetStreamEventStore, actor_id: str, count: int) -> None:

@@ -9,6 +9,7 @@ pure parts (sizes, targets, report rows) on made-up figures.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
@@ -24,6 +25,8 @@ from nats.aio.client import Client
 from benchmarks import WORKLOADS, BenchDependencyError, Sizes, SuiteOptions, Target, run_suite
 from benchmarks.baselines import make_event, require
 from benchmarks.bus import local_bus_round, queue_round
+from benchmarks.es_module import ES_WORKLOADS, es_targets, module_env, sqlite_env
+from benchmarks.es_module import latency_series as es_latency_series
 from benchmarks.model import Point, Series, SuiteResult, WorkloadResult
 from benchmarks.report import render_markdown
 from benchmarks.run import _x_text, bench
@@ -55,6 +58,14 @@ TINY = Sizes(
     bus_subscribers=3,
     bus_fanout_events=20,
     bus_rounds=1,
+    es_save_sizes=(1, 3),
+    es_saves=2,
+    es_get_lengths=(2, 5),
+    es_gets=2,
+    es_rounds=1,
+    es_log_events=6,
+    es_log_pages=(2, 10),
+    es_log_rounds=1,
 )
 NEW_WORKLOADS = ("subscribe_catchup", "subscribe_live", "bus_local", "bus_nats")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -107,8 +118,19 @@ async def test_suite_runs_every_workload_and_writes_results(nats_url: str, tmp_p
     targets = {t["id"]: t for t in data["targets"]}
     assert {"pipelined_vs_publish_async", "replay_vs_es_sqlite"} <= set(targets)
     assert {"catchup_vs_get_events", "live_vs_round_trip"} <= set(targets)
-    for target in targets.values():
-        assert target["value"] is not None and target["passed"] in (True, False)
+    for target_id, target in targets.items():
+        if target_id.endswith("_vs_postgres"):  # the eventsourcing lines: no PostgreSQL here
+            assert target["value"] is None and target["passed"] is None, target_id
+        else:
+            assert target["value"] is not None and target["passed"] in (True, False)
+    es_lines = [t for t in targets if t.endswith("_vs_postgres")]
+    assert len(es_lines) == 6  # app.save x2, repository.get x2, notification log x2
+    # The eventsourcing module's workloads ran against SQLite, line by line.
+    for workload in data["workloads"]:
+        if workload["id"] in ES_WORKLOADS:
+            for point in workload["points"]:
+                assert {r["baseline"].split(".")[0] for r in point["ratios"]} == {"es_sqlite"}
+                assert any(key.startswith("aether.") for key in point["series"])
 
     # PostgreSQL: skipped, and said so in the JSON and the Markdown.
     assert [s["what"] for s in data["skipped"]] == ["eventsourcing on PostgreSQL"]
@@ -408,3 +430,138 @@ def test_cli_names_what_a_point_counts() -> None:
     assert _x_text(100, "subscribers") == "100 subscribers"
     assert _x_text(1_000, "events in the actor's history") == "1,000 events"
     assert _x_text(5, None) == "5"
+
+
+# -- the eventsourcing persistence modules ------------------------------------------------
+
+
+def test_cli_bench_runs_the_eventsourcing_module_workloads(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AETHER_BENCH_POSTGRES_DSN", raising=False)
+    out = tmp_path / "results"
+    args = ["--url", nats_url, "--quick", "--only", "eventsourcing", "--no-charts"]
+    result = CliRunner().invoke(bench, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for text in ("aether.ext.eventsourcing (JetStream)", "eventsourcing SQLite", "repository.get"):
+        assert text in result.output
+    data = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [w["id"] for w in data["workloads"]] == list(ES_WORKLOADS)
+    assert [[p["x"] for p in w["points"]] for w in data["workloads"]] == [
+        [1, 10],
+        [10, 1_000],
+        [10, 1_000],
+    ]
+    assert [s["what"] for s in data["skipped"]] == ["eventsourcing on PostgreSQL"]
+    targets = [t for t in data["targets"] if t["workload"] in ES_WORKLOADS]
+    assert len(targets) == 6 and all(t["value"] is None for t in targets)  # no PostgreSQL
+    assert all("SQLite module" in t["comment"] for t in targets)
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    assert "| p50 latency (p90) \\ events per aggregate | 10 | 1,000 |" in markdown
+    assert "| median events/s \\ notifications per select | 10 | 1,000 |" in markdown
+    assert asyncio.run(_bench_streams(nats_url)) == []  # the module's stream deleted too
+
+
+def test_eventsourcing_environments() -> None:
+    env = module_env("nats://127.0.0.1:4222", "bench_es", "memory")
+    assert env == {
+        "PERSISTENCE_MODULE": "aether.ext.eventsourcing",
+        "NATS_URL": "nats://127.0.0.1:4222",
+        "NATS_STREAM": "bench_es",
+        "NATS_STORAGE": "memory",
+    }
+    peer = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": "/tmp/x/es.db"}
+    assert sqlite_env(peer) == {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": "/tmp/x/es_module.db",
+    }
+
+
+def test_eventsourcing_sizes_are_checked() -> None:
+    for name in ("es_save_sizes", "es_get_lengths", "es_log_pages"):
+        for bad in ((), (0, 1), (10, 1)):
+            wrong: dict[str, Any] = {name: bad}
+            with pytest.raises(ValueError, match=name):
+                Sizes(**wrong)
+    for name in ("es_saves", "es_gets", "es_rounds", "es_log_events", "es_log_rounds"):
+        zero: dict[str, Any] = {name: 0}
+        with pytest.raises(ValueError, match=name):
+            Sizes(**zero)
+
+
+def test_eventsourcing_latency_series_is_the_median_of_round_p50s() -> None:
+    series = es_latency_series("aether.get", "get", [[0.001, 0.002, 0.003], [0.004, 0.005, 0.1]])
+    assert series.unit == "us"
+    assert series.samples == pytest.approx([2_000.0, 5_000.0])
+    assert series.value == pytest.approx(3_500.0)
+    assert series.extra["p99"] == pytest.approx(100_000.0)
+
+
+def _es_workload(workload_id: str, x: int, unit: str, figures: dict[str, float]) -> WorkloadResult:
+    op = {"eventsourcing_save": "save", "eventsourcing_get": "get", "eventsourcing_log": "log"}
+    workload = WorkloadResult(workload_id, WORKLOADS[workload_id], "", x_label="things")
+    point = Point(x)
+    for prefix, value in figures.items():
+        key = f"{prefix}.{op[workload_id]}"
+        point.add(Series(key, key, unit, value, samples=[value]))
+    for baseline in ("es_sqlite", "es_postgres"):
+        point.ratio(
+            f"aether.{op[workload_id]}",
+            f"{baseline}.{op[workload_id]}",
+            f"vs {baseline}",
+            speed_of_latency=unit == "us",
+        )
+    workload.points.append(point)
+    return workload
+
+
+def test_eventsourcing_targets_are_one_per_line_against_postgresql() -> None:
+    sizes = Sizes(es_save_sizes=(1, 10), es_get_lengths=(10,), es_log_pages=(10,))
+    result = _result(
+        _es_workload(
+            "eventsourcing_save",
+            1,
+            "events/s",
+            {"aether": 2_000, "es_sqlite": 4_000, "es_postgres": 1_000},
+        ),
+        _es_workload(
+            "eventsourcing_get", 10, "us", {"aether": 500, "es_sqlite": 250, "es_postgres": 1_000}
+        ),
+        _es_workload(
+            "eventsourcing_log",
+            10,
+            "notifications/s",
+            {"aether": 10_000, "es_sqlite": 50_000, "es_postgres": 20_000},
+        ),
+    )
+    targets = {t.id: t for t in es_targets(result, sizes)}
+    assert list(targets) == [
+        "eventsourcing_save_1_vs_postgres",
+        "eventsourcing_save_10_vs_postgres",
+        "eventsourcing_get_10_vs_postgres",
+        "eventsourcing_log_10_vs_postgres",
+    ]
+    save1 = targets["eventsourcing_save_1_vs_postgres"]
+    assert save1.value == pytest.approx(2.0) and save1.passed is True and save1.primary
+    assert (
+        save1.title == "eventsourcing app.save of 1 event: aether.ext.eventsourcing vs PostgreSQL"
+    )
+    assert "SQLite module: 0.50x" in save1.comment
+    assert targets["eventsourcing_save_10_vs_postgres"].passed is None  # that line did not run
+    get10 = targets["eventsourcing_get_10_vs_postgres"]
+    assert get10.value == pytest.approx(2.0)  # latency: PostgreSQL's over aether's
+    assert "p50 500 µs against 1,000 µs on PostgreSQL" in get10.comment
+    assert "10-event aggregate" in get10.title
+    log10 = targets["eventsourcing_log_10_vs_postgres"]
+    assert log10.value == pytest.approx(0.5) and log10.passed is False
+    assert log10.threshold_text() == ">= 1.00x"
+    # ... and in the report: a target row per line, met or not.
+    result.targets = es_targets(result, sizes)
+    markdown = render_markdown(result)
+    assert "| 2.00x | >= 1.00x | met |" in markdown
+    assert "| 0.50x | >= 1.00x | **not met** |" in markdown
+    assert "| — | >= 1.00x | not run |" in markdown
+
+
+def test_only_eventsourcing_selects_the_persistence_module_workloads() -> None:
+    assert SuiteOptions(only=("eventsourcing",)).selected() == list(ES_WORKLOADS)
