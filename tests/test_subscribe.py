@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nats
 import pytest
@@ -36,7 +36,9 @@ from aether.store import (
     JetStreamConfig,
     JetStreamEventStore,
     Subscription,
+    _replay,
 )
+from aether.store._subscription import _MIN_PULL_BYTES, _JetStreamFeed
 from aether.testing import NatsCluster, NatsServer
 
 from ._stores import StoreFactory, store_factory, unique
@@ -241,6 +243,69 @@ async def test_large_events_grow_the_pulls(open_store: StoreFactory) -> None:
         await store.save_event(small)
         await store.save_event(large)
         assert [e.id for e in await take(sub, 2)] == [small.id, large.id]
+
+
+def _budget_held(store: JetStreamEventStore) -> int:
+    """The bytes of the store connection's shared replay budget held now."""
+    budget = _replay._BUDGETS[store._nc]
+    return budget.capacity - budget.available
+
+
+async def _all_waiting_live(subs: list[Subscription], last: int) -> None:
+    """Wait until every subscription has read up to *last* and its pull is waiting at the
+    server (a heartbeat came for it: the consumer has nothing more to deliver)."""
+
+    feeds = [cast(_JetStreamFeed, sub._feed) for sub in subs]
+    assert all(isinstance(feed, _JetStreamFeed) for feed in feeds)
+
+    def waiting() -> bool:
+        return all(
+            sub.position >= last and sub.caught_up and feed._idle
+            for sub, feed in zip(subs, feeds, strict=True)
+        )
+
+    await until(waiting)
+
+
+async def test_idle_subscriptions_after_a_large_catch_up_hold_the_minimum_budget(
+    open_store: StoreFactory,
+) -> None:
+    """Regression: a catch-up of large events grows the pulls (up to 8 MiB); once caught
+    up, the pull left waiting at the server must be a small one: each idle subscription
+    holds ``_MIN_PULL_BYTES`` of the connection's replay budget, and a replay on the same
+    connection finds the rest free."""
+    store = await open_store(config=JetStreamConfig(storage="memory"))
+    blob = "x" * 200_000
+    for i in range(60):
+        await store.save_event(Event("Blob", "big", i + 1, {"blob": blob}))
+    await store.save_event(Event("Small", "small", 1))
+    subs = [store.subscribe() for _ in range(2)]
+    readers = [Reader(sub) for sub in subs]
+    await _all_waiting_live(subs, 61)
+    assert _budget_held(store) == len(subs) * _MIN_PULL_BYTES
+    assert [e.version for e in await store.get_events("small")] == [1]
+    for reader in readers:
+        assert len(await reader.finish_at(61)) == 61
+
+
+async def test_many_idle_subscriptions_on_one_connection_leave_the_budget_free(
+    open_store: StoreFactory,
+) -> None:
+    """Regression: 300 idle subscriptions on one connection (past the 256 that once
+    filled the budget with 64 KiB each) hold ``_MIN_PULL_BYTES`` each, leave room for a
+    replay, and all see a new event."""
+    store = await open_store(config=JetStreamConfig(storage="memory"))
+    await store.save_events([Event("Opened", "x", v + 1, {"pad": "p" * 200}) for v in range(50)])
+    subs = [store.subscribe() for _ in range(300)]
+    readers = [Reader(sub) for sub in subs]
+    await _all_waiting_live(subs, 50)
+    assert _budget_held(store) == len(subs) * _MIN_PULL_BYTES
+    budget = _replay._BUDGETS[store._nc]
+    assert budget.available >= budget.capacity // 2
+    assert len(await store.get_events("x")) == 50
+    await store.save_event(Event("Closed", "x", 51))
+    for reader in readers:
+        assert positions(await reader.finish_at(51)) == list(range(1, 52))
 
 
 async def test_caught_up_when_the_stream_ends_with_a_message_that_is_no_event(

@@ -31,10 +31,20 @@ JetStream (:class:`_JetStreamFeed`)
     in flight count as a lost consumer. Recreations that deliver nothing for
     ``retry_deadline`` (and any request failing for that long) end the subscription with
     StoreUnavailableError; each recreation counts in ``store.stats.retries`` and the
-    subscription's ``stats.restarts``. An idle subscription holds one waiting pull of
-    64 KiB of the connection's 16 MiB replay budget (a replay's first pull needs about
-    1 MiB of it): up to about 200 idle subscriptions share one connection without
-    delaying its replays; past that, open more connections.
+    subscription's ``stats.restarts``.
+
+    Pull sizes: a pull sent while the consumer reports messages pending (catching up)
+    asks for at most that many messages, with a ``max_bytes`` that starts at 64 KiB and
+    doubles each time a pull is ended by its bytes (up to the replay's largest), so it
+    ends as soon as it has brought them and a large pull is never left waiting at the
+    server. A pull sent while the consumer reports nothing pending (live) asks for
+    ``_MIN_PULL_BYTES`` (16 KiB) and waits at the server; an event larger than that ends
+    it and the next pull is sized as in catch-up. So an idle subscription holds 16 KiB of
+    the connection's replay budget (16 MiB by default): about 1,000 idle subscriptions
+    fill it, and a replay's first pull needs about 1 MiB of it, so keep well under that
+    (say 900) per connection, or open more connections. The exception: messages deleted
+    while a catch-up pull is in flight (so fewer come than were pending) leave that pull
+    waiting with its size until it expires.
 
     Why not the replay's ``_drain`` itself: it serves a count of messages known at the
     start with ``no_wait`` pulls and then ends; a subscription must also wait at the
@@ -346,10 +356,13 @@ def _check_arguments(after: object, filter: object) -> int:
 
 # -- JetStream --------------------------------------------------------------------------------
 
-#: The smallest ``max_bytes`` of a pull: an idle subscription's waiting pull holds this much
-#: of the connection's replay budget. A pull ended by its bytes doubles it for the next
-#: one (up to the replay's largest), a pull that expires brings it back here.
-_MIN_PULL_BYTES = 64 * 1024
+#: The ``max_bytes`` of a live pull (one sent when the consumer reports nothing pending):
+#: an idle subscription's waiting pull holds this much of the connection's replay budget.
+_MIN_PULL_BYTES = 16 * 1024
+#: The ``max_bytes`` of a consumer's first catch-up pull (sent when the consumer reports
+#: messages pending). A pull ended by its bytes doubles it for the next one (up to the
+#: replay's largest), a pull that expires brings it back here.
+_FIRST_PULL_BYTES = 64 * 1024
 #: What a buffered message is counted as besides its data, subject and ack reply.
 _MSG_OVERHEAD = 128
 #: A pull waits at most this many heartbeat intervals for events (then a new one is sent).
@@ -570,9 +583,11 @@ class _JetStreamFeed(_Feed):
         expires_ns = int(self._expires * NS_PER_SECOND)
         heartbeat_ns = int(self._heartbeat * NS_PER_SECOND)
 
-        size = _MIN_PULL_BYTES  # the next pull's max_bytes
+        size = _FIRST_PULL_BYTES  # the next catch-up pull's max_bytes
         live: str | None = None  # the reply subject of the pull in flight
         live_received = 0  # what it brought
+        live_batch = 0  # what it asked for: its messages ...
+        live_size = 0  # ... and its max_bytes
         held = 0  # the budget bytes the pull in flight holds
         last_cseq = 0  # the consumer's delivery sequence of the last message
         arrivals = 0  # anything received (messages, statuses, heartbeats)
@@ -623,7 +638,7 @@ class _JetStreamFeed(_Feed):
                         self.peak_buffered = len(buffer)
                     arrived.set()
                 live_received += 1
-                if live_received >= self._batch:
+                if live_received >= live_batch:
                     end_pull()  # its batch is complete (a "Batch Completed" may follow)
                 return
             if msg.subject != live:
@@ -643,16 +658,18 @@ class _JetStreamFeed(_Feed):
             elif status == "408" and description == _REQUEST_TIMEOUT:
                 self._pending = 0
                 self._idle = True
-                size = _MIN_PULL_BYTES  # live: a small pull holds little of the budget
+                size = _FIRST_PULL_BYTES  # a burst after a quiet time starts small again
                 end_pull()
             elif status == "409" and description == _BATCH_COMPLETED:
                 end_pull()
             elif status == "409" and description == _MAX_BYTES:
-                if live_received == 0 and size >= self._max_bytes:
+                if live_received == 0 and live_size >= self._max_bytes:
                     fatal = JetStreamError(
-                        409, 0, f"{description}: a message is larger than {size} bytes"
+                        409, 0, f"{description}: a message is larger than {live_size} bytes"
                     )
-                size = min(2 * size, self._max_bytes)
+                size = min(max(size, 2 * live_size), self._max_bytes)
+                if not self._pending:
+                    self._pending = 1  # a message is waiting (too large for a live pull)
                 end_pull()
             else:  # 409 Consumer Deleted, 409 Leadership Change, 503 No Responders, ...
                 fail(f"pull request answered with {status} {description}")
@@ -684,13 +701,23 @@ class _JetStreamFeed(_Feed):
                         wake.clear()
                         await wake.wait()
                         continue
-                    want = size
+                    pending = self._pending or 0
+                    if pending > 0:
+                        # Catching up: at most what the consumer has, so that the pull
+                        # ends once it brought it (by count, or by bytes) and a grown
+                        # max_bytes is never left waiting at the server.
+                        want, batch = size, min(self._batch, pending)
+                    else:
+                        # Live: the pull waits at the server for new events; it holds
+                        # only the minimum of the budget meanwhile.
+                        want, batch = _MIN_PULL_BYTES, self._batch
                     await budget.acquire(want)
                     held = want
                     sent += 1
                     live, live_received = f"{inbox}.{sent}", 0
+                    live_batch, live_size = batch, want
                     request = {
-                        "batch": self._batch,
+                        "batch": batch,
                         "max_bytes": want,
                         "expires": expires_ns,
                         "idle_heartbeat": heartbeat_ns,
