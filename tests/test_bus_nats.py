@@ -29,6 +29,8 @@ from aether.bus import (
     INTERNAL_NAMESPACE,
     KIND_HEADER,
     NODE_HEADER,
+    ORIGIN_HEADER,
+    BusConfigurationError,
     BusPublishError,
     BusSubscribeError,
     BusSubscription,
@@ -295,9 +297,80 @@ async def test_own_messages_carry_the_node_header(connect: Connect, prefix: str)
     async with asyncio.timeout(GUARD):
         first, second = await sniffer.next_msg(GUARD), await sniffer.next_msg(GUARD)
     assert first.subject == f"{prefix}.orders" and Event.from_json(first.data) == event
-    assert first.headers == {NODE_HEADER: "node-7", KIND_HEADER: "event"}
-    assert second.headers == {NODE_HEADER: "node-7", KIND_HEADER: "stored"}
+    assert first.headers is not None and second.headers is not None
+    origin = first.headers[ORIGIN_HEADER]
+    assert first.headers == {NODE_HEADER: "node-7", ORIGIN_HEADER: origin, KIND_HEADER: "event"}
+    assert second.headers == {NODE_HEADER: "node-7", ORIGIN_HEADER: origin, KIND_HEADER: "stored"}
+    other = NatsEventBus(await connect(), node_id="node-7", prefix=prefix)
+    await other.publish("orders", event)
+    third = await sniffer.next_msg(GUARD)
+    assert third.headers is not None and third.headers[NODE_HEADER] == "node-7"
+    assert third.headers[ORIGIN_HEADER] != origin  # drawn by each bus instance
     await bus.close()
+    await other.close()
+
+
+async def test_buses_sharing_a_node_id_or_a_connection_get_each_others_messages(
+    connect: Connect, prefix: str
+) -> None:
+    """Regression: echo suppression once compared the user-chosen ``node_id``, so a bus
+    skipped the messages of another bus with the same ``node_id``. Now each bus instance
+    skips only its own: here four buses all named "same", two on one connection, each get
+    every message once."""
+    shared = await connect()
+    buses = [
+        NatsEventBus(shared, node_id="same", prefix=prefix),
+        NatsEventBus(shared, node_id="same", prefix=prefix),
+        NatsEventBus(await connect(), node_id="same", prefix=prefix),
+        NatsEventBus(await connect(), node_id="same", prefix=prefix),
+    ]
+    subs = [bus.subscribe("orders") for bus in buses]
+    for sub in subs:
+        await sub.ready()
+    for i, bus in enumerate(buses):
+        await bus.publish("orders", ev(1, f"from-{i}"))
+        await bus._nc.flush()
+    ender = NatsEventBus(await connect(), prefix=prefix)
+    await ender.publish("orders", ev(1, "ender", "End"))
+    expected = sorted((f"from-{i}", 1) for i in range(len(buses)))
+    for sub in subs:
+        assert sorted(await until_end(sub)) == expected  # each once, its own included
+    for bus in (*buses, ender):
+        await bus.close()
+
+
+async def test_a_no_echo_connection_is_refused(nats_url: str) -> None:
+    """Regression: on a connection created with ``no_echo=True`` the server never sends
+    the connection its own messages, so buses sharing it silently missed each other's:
+    such a connection is refused when the bus is made."""
+    nc = await nats.connect(nats_url, no_echo=True)
+    try:
+        with pytest.raises(BusConfigurationError, match="no_echo"):
+            NatsEventBus(nc)
+    finally:
+        await nc.close()
+
+
+async def test_overlapping_patterns_count_received_per_nats_subscription(
+    connect: Connect, prefix: str
+) -> None:
+    """``received`` counts a message once per NATS subscription of the bus (one per
+    distinct pattern), as its docstring says: 5 messages matching ``x.*`` and ``x.>``
+    count 10; each subscription gets each message once."""
+    sender = NatsEventBus(await connect(), prefix=prefix)
+    bus = NatsEventBus(await connect(), prefix=prefix)
+    star, deep = bus.subscribe("x.*"), bus.subscribe("x.>")
+    await star.ready()
+    await deep.ready()
+    for version in range(1, 6):
+        await sender.publish("x.y", ev(version))
+    await sender.publish("x.y", ev(1, "ender", "End"))
+    for sub in (star, deep):
+        assert await until_end(sub) == [("order-1", v) for v in range(1, 6)]
+    metrics = bus.metrics.namespace("x.y")
+    assert (metrics.received, metrics.delivered) == (12, 12)  # End included, twice
+    for b in (sender, bus):
+        await b.close()
 
 
 @pytest.mark.fault

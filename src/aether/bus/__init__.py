@@ -10,9 +10,10 @@ extra).
 """
 
 from aether.bus._local import DEFAULT_BUFFER, BusSubscription, EventBus
-from aether.bus._nats import KIND_HEADER, NODE_HEADER, NatsEventBus
+from aether.bus._nats import KIND_HEADER, NODE_HEADER, ORIGIN_HEADER, NatsEventBus
 from aether.bus.errors import (
     BusClosedError,
+    BusConfigurationError,
     BusError,
     BusPublishError,
     BusSubscribeError,
@@ -29,7 +30,9 @@ __all__ = [
     "INTERNAL_NAMESPACE",
     "KIND_HEADER",
     "NODE_HEADER",
+    "ORIGIN_HEADER",
     "BusClosedError",
+    "BusConfigurationError",
     "BusError",
     "BusMetrics",
     "BusPublishError",

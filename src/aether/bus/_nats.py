@@ -15,6 +15,7 @@ from aether.bus._local import BusSubscription, EventBus, _check_message
 from aether.bus._names import check_prefix
 from aether.bus.errors import (
     BusClosedError,
+    BusConfigurationError,
     BusPublishError,
     BusSubscribeError,
     InvalidNamespaceError,
@@ -29,13 +30,17 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
-__all__ = ["KIND_HEADER", "NODE_HEADER", "NatsEventBus"]
+__all__ = ["KIND_HEADER", "NODE_HEADER", "ORIGIN_HEADER", "NatsEventBus"]
 
 logger = logging.getLogger("aether.bus")
 
-#: Header naming the bus (its ``node_id``) that published a message: a bus skips its
-#: own messages when NATS echoes them back, having delivered them locally already.
+#: Header naming the bus (its ``node_id``) that published a message: information only.
 NODE_HEADER = "Aether-Bus-Node"
+#: Header holding a random token drawn by each bus instance: a bus skips the messages
+#: carrying its own token when NATS echoes them back, having delivered them locally
+#: already (the token, not the user-chosen ``node_id``, so that two buses given the same
+#: ``node_id`` still receive each other's messages).
+ORIGIN_HEADER = "Aether-Bus-Origin"
 #: Header naming what the payload is: ``event`` (an Event's JSON wire form; also assumed
 #: when the header is missing) or ``stored`` (an EventStored's JSON).
 KIND_HEADER = "Aether-Bus-Kind"
@@ -61,19 +66,25 @@ class NatsEventBus(EventBus):
     and ``prod.>`` are NATS wildcards), one per distinct pattern in a process. Every
     subscriber, in this process or another, receives each message once while it is
     subscribed: this bus delivers its own messages to its local subscribers at once and
-    skips them when NATS echoes them back (they carry its ``node_id`` in a header).
+    skips them when NATS echoes them back (they carry, in the ``Aether-Bus-Origin``
+    header, a random token that this bus instance drew). Several buses may share one
+    connection or one ``node_id``: each still receives the others' messages, which the
+    server echoes to the connection. A connection created with ``no_echo=True`` would
+    not get them back, so the bus refuses it (:class:`~aether.bus.BusConfigurationError`).
 
     On the wire, the payload is the message's JSON (an Event's wire form, as stored;
     an EventStored's :meth:`~aether.bus.EventStored.to_json`), and headers say which
-    (``Aether-Bus-Kind``) and which bus sent it (``Aether-Bus-Node``). A message without
-    the headers, published by any NATS client, is read as an Event.
+    (``Aether-Bus-Kind``) and which bus sent it (``Aether-Bus-Node``: its ``node_id``;
+    ``Aether-Bus-Origin``: its token). A message without the headers, published by any
+    NATS client, is read as an Event.
 
     Delivery is at most once, as NATS core is: a message published while a subscriber
     is disconnected is not delivered to it. For every event, even after a crash, use a
     store's ``subscribe``.
 
-    *nc* is your connected client, which the bus never closes. *node_id* must be unique
-    among the buses that share a prefix (default: a random uuid). Closing the bus
+    *nc* is your connected client (not created with ``no_echo=True``), which the bus
+    never closes. *node_id* names the bus in the headers of its messages, for whoever
+    reads them (default: a random uuid); it need not be unique. Closing the bus
     unsubscribes its NATS subscriptions. Not thread-safe: use it from the event loop of
     *nc*.
     """
@@ -91,17 +102,29 @@ class NatsEventBus(EventBus):
             node_id = uuid.uuid4().hex
         elif not isinstance(node_id, str) or not node_id or not node_id.isprintable():
             raise ValueError(f"node_id must be a non-empty printable str, not {node_id!r}")
+        options = getattr(nc, "options", None)
+        if isinstance(options, dict) and options.get("no_echo"):
+            raise BusConfigurationError(
+                "NatsEventBus needs a connection that receives its own messages: this one "
+                "was created with no_echo=True, so the buses on it would miss each other's"
+            )
         self._nc = nc
         self._node_id = node_id
+        self._origin = origin = uuid.uuid4().hex
         self._prefix = prefix
         self._subject_prefix = prefix + "."
         self._remotes: dict[str, _Remote] = {}
-        self._event_headers = {NODE_HEADER: node_id, KIND_HEADER: "event"}
-        self._stored_headers = {NODE_HEADER: node_id, KIND_HEADER: "stored"}
+        self._event_headers = {NODE_HEADER: node_id, ORIGIN_HEADER: origin, KIND_HEADER: "event"}
+        self._stored_headers = {
+            NODE_HEADER: node_id,
+            ORIGIN_HEADER: origin,
+            KIND_HEADER: "stored",
+        }
 
     @property
     def node_id(self) -> str:
-        """This bus's id, in the header of every message it publishes."""
+        """This bus's name, in the ``Aether-Bus-Node`` header of every message it
+        publishes (information only: its own messages are recognised by another header)."""
         return self._node_id
 
     @property
@@ -213,7 +236,7 @@ class NatsEventBus(EventBus):
             remote.nats_sub = None
 
     def _handler(self, remote: _Remote) -> Callable[[Msg], Awaitable[None]]:
-        node_id = self._node_id
+        origin = self._origin
         start = len(self._subject_prefix)
         internal_only = remote.pattern == INTERNAL_NAMESPACE
 
@@ -221,7 +244,7 @@ class NatsEventBus(EventBus):
             headers = msg.headers
             kind = None
             if headers:
-                if headers.get(NODE_HEADER) == node_id:
+                if headers.get(ORIGIN_HEADER) == origin:
                     return  # our own: delivered locally when published
                 kind = headers.get(KIND_HEADER)
             namespace = msg.subject[start:]

@@ -7,6 +7,7 @@ from aether.errors import AetherError
 
 __all__ = [
     "BusClosedError",
+    "BusConfigurationError",
     "BusError",
     "BusPublishError",
     "BusSubscribeError",
@@ -45,6 +46,12 @@ class BusClosedError(BusError, RuntimeError):
 class InvalidNamespaceError(BusError, ValueError):
     """A namespace or pattern the bus refuses: empty tokens, whitespace, wildcards in a
     namespace, ``>`` before the last token, or the reserved ``__internal__`` misused."""
+
+
+class BusConfigurationError(BusError, ValueError):
+    """:class:`~aether.bus.NatsEventBus` cannot work with what it was given: a NATS
+    connection created with ``no_echo=True`` (the server would not send the bus's own
+    connection the messages of the other buses on it)."""
 
 
 class BusPublishError(BusError):

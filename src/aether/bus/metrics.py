@@ -28,10 +28,13 @@ class NamespaceMetrics:
     #: ``publish`` calls that failed after the namespace was accepted: a malformed message,
     #: or NATS refusing it. Nothing was delivered.
     publish_errors: int = 0
-    #: NatsEventBus: messages received from other nodes (each once, whatever the number
-    #: of local subscribers).
+    #: NatsEventBus: messages received from other buses or NATS clients, counted once per
+    #: NATS subscription of this bus that received them, whatever the number of local
+    #: subscribers: the bus has one NATS subscription per distinct pattern, so a message
+    #: matching two overlapping patterns of this bus (``x.*`` and ``x.>``) counts twice.
     received: int = 0
-    #: NatsEventBus: messages from other nodes that could not be decoded; skipped, logged.
+    #: NatsEventBus: messages from others that could not be decoded; skipped, logged.
+    #: Counted like ``received``: once per NATS subscription of this bus that got them.
     malformed: int = 0
 
     def __add__(self, other: NamespaceMetrics) -> NamespaceMetrics:

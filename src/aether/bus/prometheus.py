@@ -19,7 +19,7 @@ the gauge, ``namespace``:
 | ``aether_bus_delivered_total`` | counter |
 | ``aether_bus_dropped_total`` | counter |
 | ``aether_bus_publish_errors_total`` | counter |
-| ``aether_bus_received_total`` | counter (NatsEventBus: from other nodes) |
+| ``aether_bus_received_total`` | counter (NatsEventBus: from other buses, per NATS subscription) |
 | ``aether_bus_malformed_total`` | counter (NatsEventBus: undecodable, skipped) |
 | ``aether_bus_active_subscriptions`` | gauge |
 """
@@ -47,8 +47,12 @@ _COUNTERS = (
     ("aether_bus_delivered", "delivered", "Messages handed to subscribers, per namespace."),
     ("aether_bus_dropped", "dropped", "Messages dropped for subscribers that fell behind."),
     ("aether_bus_publish_errors", "publish_errors", "Publish calls that failed."),
-    ("aether_bus_received", "received", "Messages received from other nodes (NATS)."),
-    ("aether_bus_malformed", "malformed", "Undecodable messages from other nodes, skipped."),
+    (
+        "aether_bus_received",
+        "received",
+        "Messages received from other buses (per NATS subscription).",
+    ),
+    ("aether_bus_malformed", "malformed", "Undecodable messages received, skipped."),
 )
 
 
