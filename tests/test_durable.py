@@ -38,6 +38,7 @@ from aether.store import (
     ParkedEvent,
     SubscriptionConflictError,
 )
+from aether.store._durable import _ack_metadata
 from aether.testing import NatsCluster, NatsServer
 
 from ._stores import StoreFactory, unique
@@ -409,6 +410,90 @@ async def test_a_park_whose_term_was_lost_is_not_handed_out_again(
         assert 1 not in handed_out  # position 1 came again, and no handler saw it
         assert "position 1, already parked, is terminated" in caplog.text
     assert len(await store.parked("lost-term")) == 1
+
+
+async def test_buffered_deliveries_never_handed_out_use_up_no_attempts(
+    js_store: JetStreamEventStore,
+) -> None:
+    """Open, handle one event, close, again and again: each close sends back the ones
+    that only waited in the buffer, and the server counts a delivery each time. Only
+    hand-outs to a handler count: nothing is parked, each handler sees attempt 1."""
+    await append(js_store, 1, 10)
+    handed: list[tuple[int, int]] = []
+    server_counts: list[int] = []
+    for _ in range(4):
+        async with js_store.durable_subscription("cycles", max_deliver=2) as sub:
+            delivery = await next_delivery(sub)
+            handed.append((delivery.position, delivery.attempt))
+            server_counts.append(_ack_metadata(delivery._reply)[0])
+            await delivery.ack()
+    assert [attempt for _, attempt in handed] == [1, 1, 1, 1]
+    assert len({position for position, _ in handed}) == 4
+    assert max(server_counts) > 2  # the fault: the server's count went past max_deliver
+    assert await js_store.parked("cycles") == []
+
+
+async def test_only_hand_outs_to_handlers_count_towards_max_deliver(
+    open_store: StoreFactory,
+) -> None:
+    """A poison event kills its subscriber (the connection dropped without close(), as a
+    crash) each time it is handed out, with the next events waiting unhandled in the
+    buffer. The poison event is parked after max_deliver counted hand-outs (one first
+    hand-out, not recorded when made, may come on top); the events behind it, delivered
+    as often by the server, are never parked and are handed out on attempt 1."""
+    store = await open_store()
+    await append(store, 1, 5)  # position 1 is the poison
+    name, max_deliver = "poison", 2
+    poison_attempts: list[int] = []
+    handed_before: dict[int, int] = {}
+    while not await store.parked(name):
+        crashing = await open_store(store.stream_name)
+        sub = crashing.durable_subscription(
+            name, max_deliver=max_deliver, ack_wait=timedelta(seconds=1)
+        )
+        reader = asyncio.create_task(anext(sub))
+        parked_meanwhile = asyncio.create_task(
+            until(lambda: _has_parked(store, name), "parked", guard=GUARD)
+        )
+        done, _ = await asyncio.wait(
+            [reader, parked_meanwhile], timeout=GUARD, return_when=asyncio.FIRST_COMPLETED
+        )
+        assert done, "neither a delivery nor a park"
+        for task in (reader, parked_meanwhile):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await task
+        if reader in done:
+            delivery = reader.result()
+            if delivery.position != 1:  # after the poison was parked: handed out, crashed
+                assert await store.parked(name)
+                handed_before[delivery.position] = delivery.attempt
+            else:
+                poison_attempts.append(delivery.attempt)
+                await until(
+                    lambda buffer=sub._buffer: len(buffer) == 4,
+                    "the next events wait in the buffer",
+                )
+        await crashing._nc.close()  # the crash: nothing settled, nothing sent back
+        assert len(poison_attempts) <= max_deliver + 1
+    [parked] = await store.parked(name)
+    assert (parked.position, parked.reason, parked.attempts) == (1, "max_deliver", max_deliver)
+    assert poison_attempts[-max_deliver:] == list(range(1, max_deliver + 1))
+    final = store.durable_subscription(name, max_deliver=max_deliver, ack_wait=timedelta(seconds=1))
+    async with final as sub:
+        rest: list[tuple[int, int, int]] = []
+        for _ in range(4):
+            delivery = await next_delivery(sub)
+            rest.append((delivery.position, delivery.attempt, _ack_metadata(delivery._reply)[0]))
+            await delivery.ack()
+    # Attempt 1, or 2 for one the last crashed subscriber had handed out.
+    assert [(p, a) for p, a, _ in rest] == [(p, handed_before.get(p, 0) + 1) for p in range(2, 6)]
+    assert all(server > max_deliver for _, _, server in rest)  # the fault happened
+    assert len(await store.parked(name)) == 1
+
+
+async def _has_parked(store: JetStreamEventStore, name: str) -> bool:
+    return bool(await store.parked(name))
 
 
 async def test_a_foreign_stream_in_the_way_of_the_parked_stream_is_refused(

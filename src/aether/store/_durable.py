@@ -32,15 +32,14 @@ beginning of the stream):
   beginning of the stream) or delete the consumer.
 
 **Deliveries.** Each yielded :class:`Delivery` holds the decoded ``event`` (its
-``position`` is the stream sequence) and ``attempt``, the server's delivery count (1 on
-the first delivery). Settle it once: ``await ack()``, ``await nack(delay=None)`` (deliver
-again, after *delay*), ``await term()`` (give up: park it). Repeating the same outcome is
+``position`` is the stream sequence) and ``attempt``, its hand-outs to a handler so far,
+this one included (1 on the first; see *Counting hand-outs*). Settle it once:
+``await ack()``, ``await nack(delay=None)`` (deliver again, after *delay*),
+``await term()`` (give up: park it). Repeating the same outcome is
 a no-op; a different outcome after the first raises :class:`DeliverySettledError` and
 sends nothing. An event not settled within ``ack_wait`` is delivered again (to any
 subscriber of the name); ``await delivery.in_progress()`` restarts its ``ack_wait`` for
-a long handler. ``attempt`` counts every delivery by the server, including those a
-crashed or closed subscriber had received but not handed out yet, so keep
-``max_deliver`` above 1 or 2. A subscription does not hand out again an event it acked
+a long handler. A subscription does not hand out again an event it acked
 itself (among its last :data:`RECENT_ACKS` acks): a redelivery that raced the ack (sent
 when ``ack_wait`` passed, e.g. during a consumer leader election) is acked again and
 counted in ``metrics.duplicates``.
@@ -58,16 +57,31 @@ consumer's state is asked for (once per reconnect); a delivery it no longer know
 not waited for: the settlement returns, buffered ones are dropped, each is counted in
 ``metrics.forgotten``, and the server delivers those events again.
 
+**Counting hand-outs.** The server's delivery count is not used for ``attempt``: it
+also counts deliveries that only waited in a subscriber's buffer (up to a pull batch)
+when it closed (which sends them back) or crashed. Only hand-outs to a handler count. A
+first delivery (server count 1) is handed out as attempt 1 and nothing is written. A
+redelivery (server count above 1, the rare path) reads the hand-out record of (name,
+position) in the ``_parked`` stream (subject ``<events stream>.parked.~handouts.<name>.
+<position>``), takes the larger of its count and this process's own, and, below
+``max_deliver``, writes count + 1 (``Nats-Expected-Last-Subject-Sequence``, so racing
+subscribers both count) *before* handing it out as that attempt. A ``nack`` of a first
+hand-out records it (count 1) before the ``-NAK``. The record is removed when the event
+is acked or parked. The one hand-out not counted: a first one whose handler crashed (or
+whose subscriber closed) in another process without settling it, as nothing was
+written for it; such an event is handed out at most ``max_deliver + 1`` times. An
+event never handed out is never parked for ``max_deliver``.
+
 **Parking.** An event is parked when the subscription gives up on it:
 
 - ``term()``: reason ``term``;
 - ``nack()`` on the last attempt (``attempt == max_deliver``): reason ``max_deliver``,
   at once, in the ``nack`` call;
-- a delivery whose ``attempt`` exceeds ``max_deliver``: the last attempt was neither
-  acked nor nacked within ``ack_wait`` (its handler crashed, hung, or its subscriber
-  closed): reason ``max_deliver``, parked by whichever subscriber of the name receives
-  it next (the server redelivers it as soon as ``ack_wait`` has passed, to any pull
-  waiting), without handing it out;
+- a redelivery of an event already handed out ``max_deliver`` times: the last attempt
+  was neither acked nor nacked within ``ack_wait`` (its handler crashed, hung, or its
+  subscriber closed): reason ``max_deliver``, parked by whichever subscriber of the name
+  receives it next (the server redelivers it as soon as ``ack_wait`` has passed, to any
+  pull waiting), without handing it out;
 - a message that is not a valid event of its subject's actor: reason ``malformed``, at
   once, without handing it out.
 
@@ -143,6 +157,7 @@ from aether.store._jsapi import (
     STREAM_NAME_IN_USE,
     STREAM_NOT_FOUND,
     WRONG_LAST_SEQUENCE,
+    WRONG_LAST_SEQUENCE_IN_FLIGHT,
     JsApi,
     backoff,
     decode_answer,
@@ -199,6 +214,9 @@ KIND = "durable-subscription"
 META_FILTER = "aether.filter"
 META_MAX_DELIVER = "aether.max_deliver"
 PARKED_KIND = "parked"
+#: Subject token (in ``<stream>.parked.<token>.<name>.<position>``) of the hand-out
+#: records; not a valid subscription name, so :func:`parked` never lists them.
+HANDOUTS_TOKEN = "~handouts"
 
 _PULL_EXPIRES = 10.0  # seconds a pull waits on the server
 _HEARTBEAT = 1.0  # seconds between the server's idle heartbeats on a waiting pull
@@ -401,11 +419,22 @@ class DurableSubscriptionInfo:
 class Delivery:
     """One delivery of an event to a durable subscription: settle it once.
 
-    ``event`` (``event.position`` set), ``attempt`` (1 on the first delivery), and
-    ``position``. See the module docstring for what each settlement means and sends.
+    ``event`` (``event.position`` set), ``attempt`` (its hand-outs to a handler so far,
+    this one included: 1 on the first; deliveries that only waited in a buffer do not
+    count), and ``position``. See the module docstring for what each settlement means and sends.
     """
 
-    __slots__ = ("_epoch", "_lock", "_outcome", "_parked", "_reply", "_sub", "attempt", "event")
+    __slots__ = (
+        "_counted",
+        "_epoch",
+        "_lock",
+        "_outcome",
+        "_parked",
+        "_reply",
+        "_sub",
+        "attempt",
+        "event",
+    )
 
     def __init__(
         self, sub: DurableSubscription, reply: str, event: Event, attempt: int, epoch: int
@@ -417,6 +446,7 @@ class Delivery:
         self.attempt = attempt
         self._outcome: Outcome | None = None
         self._parked = False
+        self._counted = False  # whether a hand-out record was written for it
         self._lock = asyncio.Lock()
 
     @property
@@ -452,6 +482,8 @@ class Delivery:
                 self._sub._metrics.acked += 1
             self._outcome = "ack"
             self._sub._remember_ack(self.position, self.event.id)
+            if self._counted:
+                await self._sub._forget_handouts(self.position, self.event.id)
 
     async def nack(self, delay: timedelta | float | None = None) -> None:
         """Deliver the event again, after *delay* (a timedelta, or seconds) if given, to
@@ -475,7 +507,13 @@ class Delivery:
                     detail=f"nacked on attempt {self.attempt} of {self._sub.max_deliver}",
                 )
                 self._parked = True
+                if self._counted:
+                    await self._sub._forget_handouts(self.position, self.event.id)
             else:
+                if not self._counted:
+                    # A first hand-out is not recorded when made (the common path writes
+                    # nothing): record it now, for whichever subscriber gets it next.
+                    await self._sub._record_first_handout(self.position, self.event)
                 payload = b"-NAK"
                 if seconds:
                     payload += b" " + _json.dumps({"delay": int(seconds * NS_PER_SECOND)})
@@ -502,6 +540,8 @@ class Delivery:
             )
             self._parked = True
             self._outcome = "term"
+            if self._counted:
+                await self._sub._forget_handouts(self.position, self.event.id)
 
     async def in_progress(self) -> None:
         """Still working on it: restart the delivery's ``ack_wait`` (``+WPI``, confirmed).
@@ -582,6 +622,8 @@ class DurableSubscription:
         self._pending: int | None = None  # the consumer's num_pending, last seen
         # (position, event id) of this subscription's latest acks, oldest first
         self._recent_acks: OrderedDict[tuple[int, str], None] = OrderedDict()
+        # (position, event id) -> hand-outs by this process (as counted), oldest first
+        self._handed: OrderedDict[tuple[int, str], int] = OrderedDict()
         self._buffer: deque[_Received] = deque()
         # (reconnect count, the consumer's delivered stream sequence then): see _settle
         self._known: tuple[int, int] | None = None
@@ -862,22 +904,32 @@ class DurableSubscription:
                 seq,
             )
             return None
-        if attempt > self._max_deliver:
-            await self._park(
-                msg.reply,
-                epoch,
-                seq,
-                msg.subject,
-                valid,
-                attempts=attempt - 1,
-                reason="max_deliver",
-                detail=(
-                    f"delivered {attempt} times, more than max_deliver={self._max_deliver}: "
-                    "the last attempt was neither acked nor nacked within ack_wait (its "
-                    "handler crashed, hung, or its subscriber closed)"
-                ),
-            )
-            return None
+        handout = 1
+        counted = False
+        if attempt > 1 and valid is not None:
+            # A redelivery: the server's count also covers deliveries that only waited in
+            # a subscriber's buffer (closed or crashed before handing them out), so the
+            # hand-outs to handlers are counted here, durably, before handing it out.
+            count, counted = await self._count_handout(seq, valid)
+            if not counted:
+                prior = count
+                await self._park(
+                    msg.reply,
+                    epoch,
+                    seq,
+                    msg.subject,
+                    valid,
+                    attempts=prior,
+                    reason="max_deliver",
+                    detail=(
+                        f"handed out {prior} times (max_deliver={self._max_deliver}); the "
+                        "last attempt was neither acked nor nacked within ack_wait (its "
+                        "handler crashed, hung, or its subscriber closed)"
+                    ),
+                )
+                await self._forget_handouts(seq, valid.id)
+                return None
+            handout = count
         if valid is None:
             assert isinstance(event, str)
             await self._park(
@@ -898,7 +950,120 @@ class DurableSubscription:
         self._metrics.delivered += 1
         if attempt > 1:
             self._metrics.redelivered += 1
-        return Delivery(self, msg.reply, valid, attempt, epoch)
+        self._note_handout(seq, valid.id, handout)
+        delivery = Delivery(self, msg.reply, valid, handout, epoch)
+        delivery._counted = counted
+        return delivery
+
+    # -- hand-out counts ----------------------------------------------------------------
+
+    def _handout_subject(self, seq: int) -> str:
+        return f"{self._stream}.parked.{HANDOUTS_TOKEN}.{self._name}.{seq}"
+
+    def _note_handout(self, seq: int, event_id: str, count: int) -> None:
+        """Remember (in this process) that *seq* was handed out *count* times."""
+        handed = self._handed
+        handed[(seq, event_id)] = count
+        handed.move_to_end((seq, event_id))
+        if len(handed) > RECENT_ACKS:
+            handed.popitem(last=False)
+
+    async def _count_handout(self, seq: int, event: Event) -> tuple[int, bool]:
+        """Count one more hand-out of the redelivered *event* at *seq*, durably: returns
+        (the count, its ``attempt``; True); or (the hand-outs so far, False), recording
+        nothing, if it was handed out ``max_deliver`` times already (to be parked).
+
+        The count is the larger of the hand-out record's (written by any subscriber of
+        the name, for deliveries after the first) and this process's own. The record is
+        written with ``Nats-Expected-Last-Subject-Sequence`` (read, then write; again on a
+        conflict), so two subscribers racing on one event count both hand-outs."""
+        api, stream = self._api, self._parked_stream
+        subject = self._handout_subject(seq)
+        key = _park_key(event.id, self._subject_of(event))
+        recreated = False
+        for _ in range(10):
+            try:
+                found = await api.last_msg(stream, subject)
+            except StreamNotFoundError:
+                found = None
+            recorded = 0
+            if found is not None:
+                with contextlib.suppress(ValueError, AttributeError, TypeError):
+                    record = _json.loads(found.data)
+                    if record.get("key") == key:  # not an earlier stream incarnation's
+                        recorded = int(record["handouts"])
+            prior = max(recorded, self._handed.get((seq, event.id), 0))
+            if prior >= self._max_deliver:
+                return prior, False
+            count = prior + 1
+            payload = _json.dumps({"key": key, "handouts": count})
+            headers = {
+                "Nats-Msg-Id": f"aether-handout.{self._name}.{seq}.{key}.{count}",
+                "Nats-Expected-Last-Subject-Sequence": str(0 if found is None else found.seq),
+            }
+
+            async def attempt(
+                headers: dict[str, str] = headers, payload: bytes = payload
+            ) -> dict[str, Any]:
+                msg = await api.nc.request(
+                    subject, payload, timeout=api.request_timeout, headers=headers
+                )
+                return decode_answer(msg.data)
+
+            try:
+                answer, _ = await api.until_known(attempt, stream=stream)
+            except StreamNotFoundError:
+                if recreated:
+                    raise
+                recreated = True
+                await _ensure_parked_stream(self._store)
+                continue
+            error = answer.get("error")
+            if error is None:
+                return count, True
+            if error.get("err_code") not in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
+                raise_for_error(answer, stream)
+            await backoff(0.02)  # another subscriber counted meanwhile: read again
+        raise StoreUnavailableError(
+            f"could not count the hand-out of position {seq} of {self._name!r}"
+        )
+
+    async def _record_first_handout(self, seq: int, event: Event) -> None:
+        """Record a first hand-out (not recorded when made) before it is nacked, so the
+        subscriber that gets the redelivery counts it."""
+        api, stream = self._api, self._parked_stream
+        key = _park_key(event.id, self._subject_of(event))
+        payload = _json.dumps({"key": key, "handouts": 1})
+        headers = {
+            "Nats-Msg-Id": f"aether-handout.{self._name}.{seq}.{key}.1",
+            "Nats-Expected-Last-Subject-Sequence": "0",
+        }
+
+        async def attempt() -> dict[str, Any]:
+            msg = await api.nc.request(
+                self._handout_subject(seq), payload, timeout=api.request_timeout, headers=headers
+            )
+            return decode_answer(msg.data)
+
+        with contextlib.suppress(StreamNotFoundError):
+            answer, _ = await api.until_known(attempt, stream=stream)
+            error = answer.get("error")
+            if error is not None and error.get("err_code") != WRONG_LAST_SEQUENCE:
+                raise_for_error(answer, stream)  # (a record there already: it counts more)
+
+    async def _forget_handouts(self, seq: int, event_id: str) -> None:
+        """Remove the hand-out record of a settled event (best effort: a record left
+        behind only takes room; it is keyed to the event)."""
+        self._handed.pop((seq, event_id), None)
+        stream = self._parked_stream
+        try:
+            await self._api.call(
+                f"STREAM.PURGE.{stream}", {"filter": self._handout_subject(seq)}, stream=stream
+            )
+        except (AetherError, nats.errors.Error, TimeoutError) as exc:
+            _log.debug(
+                "durable subscription %r: hand-out record of %d kept: %s", self._name, seq, exc
+            )
 
     def _remember_ack(self, seq: int, event_id: str) -> None:
         recent = self._recent_acks
@@ -1542,6 +1707,8 @@ async def _parked_counts(store: JetStreamEventStore) -> dict[str, int]:
         subjects: Mapping[str, int] = answer.get("state", {}).get("subjects") or {}
         for subject in subjects:
             name = subject[len(prefix) :].rsplit(".", 1)[0]
+            if name.startswith(HANDOUTS_TOKEN + "."):
+                continue  # a hand-out count, not a park record
             counts[name] = counts.get(name, 0) + 1
         offset += len(subjects)
         total = int(answer.get("total", answer.get("state", {}).get("num_subjects", 0)))
