@@ -4,6 +4,7 @@ nothing for a failed append or a re-save (DESIGN.md, "Event bus")."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -137,3 +138,51 @@ async def test_the_memory_store_announces_each_append_once_too() -> None:
     assert [n.event_id for n in notices] == [single.id, *(e.id for e in batch), marker.id]
     assert [n.position for n in notices] == [stored[n.event_id].position for n in notices]
     await sub.close()
+
+
+class _ThreadRecordingBus(EventBus):
+    """An EventBus that records the thread of each ``publish``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+
+    async def publish(self, namespace: str, message: Event | EventStored) -> None:
+        self.threads.add(threading.get_ident())
+        await super().publish(namespace, message)
+
+
+async def test_memory_store_appends_from_other_threads_announce_in_the_bus_loop() -> None:
+    """Regression: an append made in another thread (its own event loop) called the
+    single-loop EventBus from that thread, so its subscriber (in the bus's loop) was never
+    woken. The notices are now handed to the bus's loop: published there, each once, in
+    each writer's order."""
+    bus = _ThreadRecordingBus()
+    store = InMemoryEventStore(bus=bus)
+    sub = bus.subscribe(INTERNAL_NAMESPACE)
+    assert bus.loop is asyncio.get_running_loop()
+    writers, per_writer = 4, 25
+
+    def write(n: int) -> None:
+        async def appends() -> None:
+            for version in range(1, per_writer + 1):
+                await store.save_event(Event("Deposited", f"w{n}", version))
+
+        asyncio.run(appends())
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    got: list[EventStored] = []
+    async with asyncio.timeout(60):  # a guard against a hang, not a timing requirement
+        async for notice in sub:
+            got.append(notice)
+            if len(got) == writers * per_writer:
+                break
+    for thread in threads:
+        await asyncio.to_thread(thread.join)
+    assert bus.threads == {threading.get_ident()}
+    assert sorted(n.position for n in got) == list(range(1, writers * per_writer + 1))
+    for n in range(writers):
+        assert [x.version for x in got if x.actor_id == f"w{n}"] == list(range(1, 26))
+    await bus.close()

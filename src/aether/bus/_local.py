@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -171,7 +172,10 @@ class BusSubscription(Generic[M]):
                 raise StopAsyncIteration
             if self._waiter is not None:
                 raise RuntimeError("another task is already iterating this subscription")
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            if self._bus._loop is None:
+                self._bus._loop = loop
+            waiter: asyncio.Future[None] = loop.create_future()
             self._waiter = waiter
             try:
                 await waiter
@@ -271,9 +275,9 @@ class EventBus:
     wildcards; patterns add ``*`` (one token) and ``>`` (one or more, as the last
     token): see :func:`~aether.bus.match_namespace_pattern`.
 
-    Not thread-safe: use a bus from the one event loop (thread) it serves. From another
-    thread, go through ``asyncio.run_coroutine_threadsafe``. An async context manager:
-    leaving it closes the bus.
+    Not thread-safe: use a bus from the one event loop (thread) it serves (:attr:`loop`).
+    From another thread, go through ``asyncio.run_coroutine_threadsafe``. An async context
+    manager: leaving it closes the bus.
     """
 
     def __init__(self) -> None:
@@ -282,6 +286,16 @@ class EventBus:
         self._routes: dict[str, _Route] = {}
         self._counters: dict[str, _Counters] = {}
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this bus serves: the one running when it was first subscribed
+        to (or first iterated); for a :class:`~aether.bus.NatsEventBus`, the one it was
+        created in (its connection's). None until then. An
+        :class:`~aether.store.InMemoryEventStore` appending from another thread hands its
+        notices to this loop."""
+        return self._loop
 
     @property
     def closed(self) -> bool:
@@ -346,6 +360,10 @@ class EventBus:
             raise ValueError(f"buffer must be an int >= 1, not {buffer!r}")
         if filter is not None and not isinstance(filter, SubscriptionFilter):
             raise TypeError(f"filter must be a SubscriptionFilter, not {type(filter).__name__}")
+        if self._loop is None:
+            # Subscribed outside a loop: bound when first iterated.
+            with contextlib.suppress(RuntimeError):
+                self._loop = asyncio.get_running_loop()
         subscription: BusSubscription[Any] = BusSubscription(self, pattern, filter, buffer)
         self._subscriptions[subscription] = True
         self._routes.clear()

@@ -109,6 +109,8 @@ class NatsEventBus(EventBus):
                 "was created with no_echo=True, so the buses on it would miss each other's"
             )
         self._nc = nc
+        with contextlib.suppress(RuntimeError):  # no running loop: bound when subscribed
+            self._loop = asyncio.get_running_loop()
         self._node_id = node_id
         self._origin = origin = uuid.uuid4().hex
         self._prefix = prefix

@@ -17,6 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
+from aether.bus._local import EventBus
 from aether.bus.filter import SubscriptionFilter
 from aether.bus.publisher import EventPublisher
 from aether.bus.stored import INTERNAL_NAMESPACE, EventStored
@@ -36,7 +37,13 @@ class InMemoryEventStore:
     Each method's check-and-append runs under one lock without awaiting, so it is atomic
     across asyncio tasks and threads of one process. With *bus*, each append is announced
     on it as :class:`~aether.bus.EventStored` notices, as ``JetStreamEventStore.open(...,
-    bus=)`` does.
+    bus=)`` does. An append made in the bus's own event loop (an
+    :class:`~aether.bus.EventBus`'s :attr:`~aether.bus.EventBus.loop`) publishes its
+    notices before it returns; one made in another thread (another loop) hands them to
+    the bus's loop (``run_coroutine_threadsafe``) and returns without waiting for them:
+    they are published in append order per writer, once that loop runs. A bus of your own
+    (any other :class:`~aether.bus.EventPublisher`) is called from the appending thread:
+    then it must be thread-safe itself.
     """
 
     def __init__(self, *, bus: EventPublisher | None = None) -> None:
@@ -109,17 +116,28 @@ class InMemoryEventStore:
         return first
 
     async def _announce(self, batch: Sequence[EncodedEvent], first: int) -> None:
-        # After the lock: a bus may await. A failing bus never fails the append.
-        assert self._bus is not None
+        # After the lock: a bus may await. A failing bus never fails the append. An
+        # EventBus serves one loop: from another one, hand it the notices (see the class).
+        bus = self._bus
+        assert bus is not None
         now = datetime.now(UTC)
-        for position, encoded in enumerate(batch, start=first):
-            notice = EventStored(encoded.id, encoded.actor_id, encoded.version, position, now)
-            try:
-                await self._bus.publish(INTERNAL_NAMESPACE, notice)
-            except Exception:
-                _log.warning(
-                    "could not announce the append of %r on the bus", encoded.id, exc_info=True
-                )
+        notices = [
+            EventStored(encoded.id, encoded.actor_id, encoded.version, position, now)
+            for position, encoded in enumerate(batch, start=first)
+        ]
+        target = bus.loop if isinstance(bus, EventBus) else None
+        if target is None or target is asyncio.get_running_loop():
+            await _publish_notices(bus, notices)
+            return
+        publishing = _publish_notices(bus, notices)
+        try:
+            asyncio.run_coroutine_threadsafe(publishing, target)
+        except RuntimeError:  # the bus's loop is closed: nobody is listening any more
+            publishing.close()
+            _log.warning(
+                "could not announce the append of %r on the bus: its event loop is closed",
+                notices[0].event_id,
+            )
 
     def _refuse_reused_ids(self, ids: Iterable[str]) -> None:
         # JetStream refuses a reused id within its duplicate window; memory never forgets.
@@ -206,3 +224,13 @@ class InMemoryEventStore:
         with self._lock:
             current = self._snapshots.get(actor_id)
         return None if current is None else _rules.decode_snapshot(current.payload)
+
+
+async def _publish_notices(bus: EventPublisher, notices: Sequence[EventStored]) -> None:
+    for notice in notices:
+        try:
+            await bus.publish(INTERNAL_NAMESPACE, notice)
+        except Exception:
+            _log.warning(
+                "could not announce the append of %r on the bus", notice.event_id, exc_info=True
+            )
