@@ -11,9 +11,8 @@ from aether.event import Event
 class ReplayError:
     """A stored message that could not be decoded as an event.
 
-    ``sequence_number`` is its JetStream stream sequence (for the in-memory store, its
-    position in the actor's history), ``raw_data`` its bytes, ``error`` why decoding
-    failed.
+    ``sequence_number`` is its position in the store (the JetStream stream sequence, as
+    ``Event.position``), ``raw_data`` its bytes, ``error`` why decoding failed.
     """
 
     sequence_number: int
@@ -30,6 +29,13 @@ class ReplayResult:
 
     events: list[Event] = field(default_factory=list)
     errors: list[ReplayError] = field(default_factory=list)
+
+    def add(self, item: Event | ReplayError) -> None:
+        """Append *item* to :attr:`events` or :attr:`errors`, by its kind."""
+        if isinstance(item, ReplayError):
+            self.errors.append(item)
+        else:
+            self.events.append(item)
 
     @property
     def has_errors(self) -> bool:

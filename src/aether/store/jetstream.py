@@ -698,10 +698,7 @@ class JetStreamEventStore:
         message read (:meth:`iter_events_with_errors` collected)."""
         result = ReplayResult()
         async for item in self.iter_events_with_errors(actor_id, from_version):
-            if isinstance(item, ReplayError):
-                result.errors.append(item)
-            else:
-                result.events.append(item)
+            result.add(item)
         return result
 
     async def _messages_from(

@@ -157,10 +157,7 @@ class InMemoryEventStore:
     async def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
         result = ReplayResult()
         for item in self._read(actor_id, from_version):
-            if isinstance(item, ReplayError):
-                result.errors.append(item)
-            else:
-                result.events.append(item)
+            result.add(item)
         return result
 
     async def iter_events_with_errors(
