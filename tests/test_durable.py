@@ -904,6 +904,33 @@ async def append_more(store: JetStreamEventStore, actors: int) -> list[Event]:
     return events
 
 
+async def test_a_cancel_that_comes_with_a_message_ends_the_wait(
+    js_store: JetStreamEventStore,
+) -> None:
+    """The task waiting in __anext__ is cancelled in the very loop iteration a message
+    (here an idle heartbeat) wakes its wait: it ends cancelled (Python 3.11's wait_for
+    would drop that cancellation and go on waiting)."""
+    await append(js_store, 1, 1)
+    async with js_store.durable_subscription("cancelled") as sub:
+        await (await next_delivery(sub)).ack()
+        task = asyncio.create_task(anext(sub))
+        waiters = sub._arrived._waiters  # type: ignore[attr-defined]
+        await until(lambda: bool(waiters), "the task waits for a message")
+        fired: list[bool] = []
+        real_set = sub._arrived.set
+
+        def set_and_cancel() -> None:
+            real_set()
+            if not fired:
+                fired.append(True)
+                task.cancel()
+
+        sub._arrived.set = set_and_cancel  # type: ignore[method-assign]
+        done, _ = await asyncio.wait([task], timeout=GUARD)
+        assert fired  # the fault: the cancel came as a heartbeat woke the wait
+        assert done and task.cancelled()
+
+
 async def test_iteration_fails_when_the_connection_is_gone(
     nats_url: str, open_store: StoreFactory
 ) -> None:

@@ -760,7 +760,10 @@ class DurableSubscription:
                 self._forgot(seq, "the delivery received before a reconnect is dropped")
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), _HEARTBEAT)
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a
+                # cancellation that comes with the wait's own completion.)
+                async with asyncio.timeout(_HEARTBEAT):
+                    await self._arrived.wait()
             except TimeoutError:
                 if self._pull is not None:
                     self._pull.quiet += 1

@@ -278,7 +278,10 @@ class Replayer:
                 if not buffer:
                     arrived.clear()
                     try:
-                        await asyncio.wait_for(arrived.wait(), self.request_timeout)
+                        # (asyncio.timeout, not wait_for: on Python 3.11 wait_for drops
+                        # a cancellation that comes with the wait's own completion.)
+                        async with asyncio.timeout(self.request_timeout):
+                            await arrived.wait()
                     except TimeoutError as exc:
                         raise _StalledError from exc
                     continue
