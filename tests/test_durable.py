@@ -26,7 +26,11 @@ from nats.aio.client import Client
 
 from aether import Event
 from aether.bus import SubscriptionFilter
-from aether.errors import StoreUnavailableError, UnsuitableStreamError
+from aether.errors import (
+    InvalidEventError,
+    StoreUnavailableError,
+    UnsuitableStreamError,
+)
 from aether.store import (
     Delivery,
     DeliverySettledError,
@@ -118,7 +122,7 @@ async def test_bad_names_and_settings_are_refused_before_any_io(
     ]:
         with pytest.raises(InvalidConfigError):
             js_store.durable_subscription("ok", **kwargs)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidEventError):  # as subscribe(filter=...) raises
         js_store.durable_subscription("ok", filter="Deposited")  # type: ignore[arg-type]
     js_store.durable_subscription("x" * 255)  # the server's longest consumer name
 
@@ -508,6 +512,25 @@ async def test_a_foreign_stream_in_the_way_of_the_parked_stream_is_refused(
         await js_store.durable_subscription("any").__aenter__()
     assert (caught.value.stream_name, caught.value.setting) == (foreign, "subjects")
     assert (await js.stream_info(foreign)).state.messages == 0
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [{"max_msgs": 2}, {"max_bytes": 100_000}, {"max_age": 3600.0}],
+    ids=["max_msgs", "max_bytes", "max_age"],
+)
+async def test_a_parked_stream_with_limits_is_refused(
+    js_store: JetStreamEventStore, nc: Client, limit: dict[str, Any]
+) -> None:
+    """Limits on <stream>_parked would drop park records silently: refused, untouched."""
+    js = nc.jetstream()
+    name = js_store.stream_name + "_parked"
+    await js.add_stream(name=name, subjects=[f"{js_store.stream_name}.parked.>"], **limit)
+    await append(js_store, 1, 1)
+    with pytest.raises(UnsuitableStreamError) as caught:
+        await js_store.durable_subscription("limited").__aenter__()
+    assert (caught.value.stream_name, caught.value.setting) == (name, next(iter(limit)))
+    assert (await js.stream_info(name)).state.messages == 0
 
 
 # -- filters and existing consumers -----------------------------------------------------

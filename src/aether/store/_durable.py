@@ -490,7 +490,8 @@ class Delivery:
         any subscriber of the name. On the last attempt (``attempt >= max_deliver``) the
         event is parked instead (reason ``max_deliver``): recorded, then terminated, before
         this returns. Repeating ``nack`` is a no-op; after ``ack``/``term``:
-        DeliverySettledError."""
+        DeliverySettledError. A *delay* that is negative or NaN raises ValueError, one of
+        another type TypeError, before anything is sent."""
         seconds = _delay_seconds(delay)
         async with self._lock:
             if self._settled("nack"):
@@ -1354,7 +1355,8 @@ def durable_subscription(
 
     Raises InvalidSubscriptionNameError for a bad *name*, InvalidConfigError for
     *max_deliver* not an int >= 1, *ack_wait* not a positive timedelta, *batch* not an
-    int in 1..=10000, TypeError for a *filter* that is not a SubscriptionFilter.
+    int in 1..=10000, InvalidEventError (as ``subscribe`` does) for a *filter* that is not
+    a SubscriptionFilter.
     """
     check_name(name)
     if isinstance(max_deliver, bool) or not isinstance(max_deliver, int) or max_deliver < 1:
@@ -1364,7 +1366,9 @@ def durable_subscription(
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 10_000:
         raise InvalidConfigError("batch", f"must be an int in 1..=10000, got {batch!r}")
     if filter is not None and not isinstance(filter, SubscriptionFilter):
-        raise TypeError(f"filter must be a SubscriptionFilter or None, not {type(filter).__name__}")
+        raise InvalidEventError(
+            f"filter must be an aether.bus.SubscriptionFilter or None, got {type(filter).__name__}"
+        )
     return DurableSubscription(store, name, filter, max_deliver, ack_wait, batch)
 
 
@@ -1606,6 +1610,17 @@ def _check_parked_stream(info: Mapping[str, Any], store: JetStreamEventStore) ->
         raise UnsuitableStreamError(
             name, "retention", f"is {config.get('retention')!r}; parked records need 'limits'"
         )
+    # Limits would drop park records silently (discard old) or refuse new ones (discard
+    # new). max_msgs_per_subject drops none: a park record's subject is written once.
+    for setting in ("max_msgs", "max_bytes", "max_age"):
+        value = int(config.get(setting) or 0)
+        if value > 0:
+            raise UnsuitableStreamError(
+                name,
+                setting,
+                f"is {value}; parked records must not be removed by limits (the store makes "
+                "the stream without any)",
+            )
 
 
 async def _ensure_parked_stream(store: JetStreamEventStore) -> None:
