@@ -29,6 +29,7 @@ from aether.bus import SubscriptionFilter
 from aether.errors import (
     InvalidEventError,
     StoreUnavailableError,
+    StreamNotFoundError,
     UnsuitableStreamError,
 )
 from aether.store import (
@@ -952,6 +953,25 @@ async def test_a_cancel_that_comes_with_a_message_ends_the_wait(
         done, _ = await asyncio.wait([task], timeout=GUARD)
         assert fired  # the fault: the cancel came as a heartbeat woke the wait
         assert done and task.cancelled()
+
+
+async def test_a_recreated_events_stream_ends_iteration(
+    open_store: StoreFactory, nc: Client
+) -> None:
+    """The events stream is deleted and created again under the subscription: a new
+    history, not the one the name covered: iteration raises StreamNotFoundError."""
+    store = await open_store()
+    await append(store, 1, 2)
+    sub = store.durable_subscription("recreated", ack_wait=timedelta(seconds=1))
+    async with sub:
+        for _ in range(2):
+            await (await next_delivery(sub)).ack()
+        await nc.jetstream().delete_stream(store.stream_name)  # the fault
+        again = await open_store(store.stream_name)  # creates it anew
+        await again.save_event(Event("Deposited", "other", 1))
+        with pytest.raises(StreamNotFoundError):
+            await next_delivery(sub)
+        assert sub.metrics.delivered == 2  # nothing of the new stream handed out
 
 
 async def test_iteration_fails_when_the_connection_is_gone(

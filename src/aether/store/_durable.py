@@ -117,9 +117,11 @@ deleted consumer, when nothing (message or heartbeat) arrives for 3 s of waiting
 after every reconnect. If no sign of life comes from the server for the store's
 ``retry_deadline`` (requests about the consumer retry for as long), iteration raises
 :class:`~aether.errors.StoreUnavailableError`; a deleted events stream raises
-:class:`~aether.errors.StreamNotFoundError`. A message handed out after waiting here
-more than half of ``ack_wait`` gets a ``+WPI`` first, so its handler has a whole
-``ack_wait``.
+:class:`~aether.errors.StreamNotFoundError`, and so does one deleted and created again
+(told by its creation time, checked after each fault): a new stream's positions say
+nothing of the old one's, and the name's park records are the old stream's. A message
+handed out after waiting here more than half of ``ack_wait`` gets a ``+WPI`` first, so
+its handler has a whole ``ack_wait``.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ from aether.store._jsapi import (
     decode_answer,
     raise_for_error,
 )
+from aether.store._provision import StreamSettings
 from aether.store._subjects import (
     META_KIND,
     META_NAMESPACE,
@@ -641,6 +644,7 @@ class DurableSubscription:
         self._failure = ""
         self._check_consumer = False
         self._delay = 0.05
+        self._created: object = None  # the events stream's creation time (its identity)
 
     # -- properties ---------------------------------------------------------------------
 
@@ -1281,6 +1285,15 @@ class DurableSubscription:
         With *existing_only*, first ask whether it still exists (after a fault) and create
         it again only if it is gone."""
         api, stream, name = self._api, self._stream, self._name
+        if self._created is None or existing_only:
+            # The stream's identity: deleted and created again, it is another history
+            # (positions restart), which this subscription's name never covered.
+            info = await api.call(f"STREAM.INFO.{stream}", stream=stream)
+            created = StreamSettings.from_info(info).created
+            if self._created is None:
+                self._created = created
+            elif created != self._created:
+                raise StreamNotFoundError(stream)
         if existing_only:
             try:
                 info = await api.call(f"CONSUMER.INFO.{stream}.{name}", stream=stream)
