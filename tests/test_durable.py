@@ -711,7 +711,9 @@ async def test_a_consumer_sigkilled_mid_stream_loses_nothing_and_repeats_no_ack(
             acked.add(delivery.position)
     assert acked_first | acked == set(range(1, len(events) + 1))  # nothing lost
     assert acked_first.isdisjoint(p for p, _ in handled)  # no acked event again
-    assert max(a for p, a in handled if p == hung) >= 2  # the hung one, redelivered
+    # The hung one is handed out again. Its attempt counts hand-outs recorded: the killed
+    # process's first hand-out wrote no record (first hand-outs cost nothing), so >= 1.
+    assert hung in {p for p, _ in handled}
     assert await store.parked("crashy") == []
 
 
@@ -931,9 +933,10 @@ async def append_more(store: JetStreamEventStore, actors: int) -> list[Event]:
 async def test_a_cancel_that_comes_with_a_message_ends_the_wait(
     js_store: JetStreamEventStore,
 ) -> None:
-    """The task waiting in __anext__ is cancelled in the very loop iteration a message
-    (here an idle heartbeat) wakes its wait: it ends cancelled (Python 3.11's wait_for
-    would drop that cancellation and go on waiting)."""
+    """A task waiting in __anext__ and cancelled as a message (an idle heartbeat) wakes
+    its wait ends cancelled. (Python 3.11's wait_for could drop such a cancellation; this
+    test does not hit that race every time: tests/test_replay_cancel.py reproduces it
+    deterministically for the same waiting pattern in the replay.)"""
     await append(js_store, 1, 1)
     async with js_store.durable_subscription("cancelled") as sub:
         await (await next_delivery(sub)).ack()
