@@ -154,7 +154,9 @@ async def test_replay_tops_up_what_a_lagging_replica_did_not_deliver(
         replayer._drain = lagging_drain  # type: ignore[method-assign]
         assert [e.id for e in await store.get_events("acc")] == [e.id for e in events]
         assert [e.version async for e in store.iter_events("acc", 35)] == list(range(35, 41))
-        assert truncated == 2
+        # Each replay drained a lagging consumer at least once (more if a loaded machine
+        # made a consumer stall and the replay resume with a new one).
+        assert truncated >= 2
     finally:
         await nc.close()
 
