@@ -18,6 +18,17 @@ __all__ = ["Account", "EsPeer", "ModuleApp", "PersistenceBenchApp"]
 _CHUNK = 10_000  # events per app.save while building a history
 
 
+def create_account(app: Application[UUID], length: int, chunk: int) -> UUID:
+    """Save an Account with *length* events in *app*, *chunk* events per ``app.save``."""
+    account = Account()
+    for version in range(2, length + 1):
+        account.deposit(version, "EUR", "benchmark deposit")
+        if version % chunk == 0:
+            app.save(account)
+    app.save(account)
+    return account.id
+
+
 class Account(Aggregate):
     """The same kind of small deposit event as aether's benchmark events."""
 
@@ -45,13 +56,7 @@ class EsPeer:
 
     def create(self, length: int) -> UUID:
         """An aggregate with *length* events (version 1 is the Created event)."""
-        account = Account()
-        for version in range(2, length + 1):
-            account.deposit(version, "EUR", "benchmark deposit")
-            if version % _CHUNK == 0:
-                self.app.save(account)
-        self.app.save(account)
-        return account.id
+        return create_account(self.app, length, _CHUNK)
 
     def append(self, count: int) -> float:
         """*count* single-event ``app.save`` calls on one aggregate, one after another."""
@@ -117,13 +122,7 @@ class ModuleApp:
 
     def create(self, length: int) -> UUID:
         """An aggregate with *length* events (version 1 is the Created event)."""
-        account = Account()
-        for version in range(2, length + 1):
-            account.deposit(version, "EUR", "benchmark deposit")
-            if version % _MODULE_CHUNK == 0:
-                self.app.save(account)
-        self.app.save(account)
-        return account.id
+        return create_account(self.app, length, _MODULE_CHUNK)
 
     def save(self, saves: int, events_per_save: int) -> list[float]:
         """*saves* ``app.save`` calls, one after another, each of *events_per_save* new

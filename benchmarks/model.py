@@ -379,6 +379,22 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
+def latency_series(key: str, label: str, values: Sequence[float]) -> Series:
+    """A latency figure in µs: the p50 of *values*, with p90, p99, mean and count as extras."""
+    return Series(
+        key,
+        label,
+        "us",
+        percentile(values, 0.5),
+        extra={
+            "p90": percentile(values, 0.9),
+            "p99": percentile(values, 0.99),
+            "mean": sum(values) / len(values),
+            "calls": len(values),
+        },
+    )
+
+
 def round_orders(names: Sequence[str], rounds: int, seed: int = 0) -> list[list[str]]:
     """The order of *names* in each of *rounds* rounds.
 

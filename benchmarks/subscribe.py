@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING
 
 from aether.store import JetStreamEventStore, Subscription
 from benchmarks.baselines import make_event
-from benchmarks.model import Point, Series, WorkloadResult, percentile, round_orders, run_rounds
+from benchmarks.model import (
+    Point,
+    WorkloadResult,
+    latency_series,
+    percentile,
+    round_orders,
+    run_rounds,
+)
 from benchmarks.workloads import _doc, _series, populate
 
 if TYPE_CHECKING:
@@ -256,22 +263,6 @@ async def _delivery(delivered: asyncio.Event, consumer: asyncio.Task[None]) -> N
         error = consumer.exception()
         raise RuntimeError(f"the live subscriber stopped: {error!r}") from error
     raise RuntimeError(f"a live event was not delivered within {DELIVERY_TIMEOUT:g}s")
-
-
-def latency_series(key: str, label: str, values: list[float]) -> Series:
-    """A latency figure in µs: the p50, with p90, p99, mean and count as extras."""
-    return Series(
-        key,
-        label,
-        "us",
-        percentile(values, 0.5),
-        extra={
-            "p90": percentile(values, 0.9),
-            "p99": percentile(values, 0.99),
-            "mean": sum(values) / len(values),
-            "calls": len(values),
-        },
-    )
 
 
 def live_note(point: Point) -> str:

@@ -27,8 +27,8 @@ from benchmarks.model import (
     Series,
     Sizes,
     WorkloadResult,
+    latency_series,
     median,
-    percentile,
     round_orders,
     run_rounds,
 )
@@ -467,20 +467,7 @@ class Bench:
             point = result.point(length)
             for key, label in labels.items():
                 values = samples[(length, key)]
-                point.add(
-                    Series(
-                        key,
-                        label,
-                        "us",
-                        percentile(values, 0.5),
-                        extra={
-                            "p90": percentile(values, 0.9),
-                            "p99": percentile(values, 0.99),
-                            "mean": sum(values) / len(values),
-                            "calls": len(values),
-                        },
-                    )
-                )
+                point.add(latency_series(key, label, values))
             point.ratio("aether.get_latest_version", "raw.msg_get", "vs raw", speed_of_latency=True)
             for peer in self.peers:
                 point.ratio(
