@@ -17,34 +17,15 @@ import sys
 import nats
 
 from aether.store import JetStreamConfig, JetStreamEventStore
-
-
-def _status_bytes(field: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        return False
-    return True
+from benchmarks.memory import proc_status_bytes, reset_peak_rss
 
 
 async def main(url: str, stream: str, events: int) -> dict[str, int | None]:
     nc = await nats.connect(url)
     try:
         store = await JetStreamEventStore.attach(nc, stream, JetStreamConfig())
-        rss_before = _status_bytes("VmRSS")
-        was_reset = _reset_peak()
+        rss_before = proc_status_bytes("VmRSS")
+        was_reset = reset_peak_rss()
         count = 0
         async with store.subscribe() as sub:
             async for _ in sub:
@@ -52,7 +33,7 @@ async def main(url: str, stream: str, events: int) -> dict[str, int | None]:
                 if count == events:
                     break
         peak = (
-            _status_bytes("VmHWM")
+            proc_status_bytes("VmHWM")
             if was_reset
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         )
