@@ -485,17 +485,29 @@ async def test_read_model_applies_each_event_once_across_a_sigkill(
             return (await nc.jetstream().stream_info(stream)).state.last_seq
 
         db = tmp_path / "balances.sqlite3"
-        last = await write(0, 5000)
+        await write(0, 5000)
         first_run = _read_model_process(nats_url, stream, db)
         await _position_reaches(db, 50, first_run)
-        first_run.kill()  # SIGKILL: no chance to tidy up
-        first_run.wait(SUBPROCESS_TIMEOUT)
+        # The model may have applied all 5,000 by now. So that the kill lands mid-stream
+        # whatever the machine's speed, hold SQLite's write lock (the model's commits
+        # wait on it, up to sqlite3's 5 s busy timeout) while more events arrive.
+        lock = sqlite3.connect(db, timeout=SUBPROCESS_TIMEOUT, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            held_at = int(lock.execute("SELECT pos FROM position").fetchone()[0])
+            last = await write(5000, 200)
+            assert first_run.poll() is None, "the model must still be running at the kill"
+            first_run.kill()  # SIGKILL: no chance to tidy up
+            first_run.wait(SUBPROCESS_TIMEOUT)
+        finally:
+            lock.rollback()
+            lock.close()
         killed_at = _applied(db)
-        assert 50 <= killed_at < last, "the kill must land mid-stream"
+        assert 50 <= killed_at == held_at < last, "the kill must land mid-stream"
 
         second_run = _read_model_process(nats_url, stream, db)
         try:
-            last = await write(5000, 200)  # live events too
+            last = await write(5200, 200)  # live events too
             money_last = 0
             for account in expected:
                 for event in await store.get_events(account):
