@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
 import nats
 import pytest
@@ -18,6 +19,7 @@ from nats.aio.client import Client
 
 from aether import Event, StoreUnavailableError, VersionConflictError
 from aether.store import JetStreamConfig, JetStreamEventStore
+from aether.store._direct import DirectBatch
 from aether.store._jsapi import StoredMsg
 from aether.testing import NatsCluster, NatsServer
 
@@ -136,7 +138,8 @@ async def test_replay_tops_up_what_a_lagging_replica_did_not_deliver(
     gap from the leader. The lag is simulated by a consumer that stops early."""
     nc = await client(connect)
     try:
-        store = await JetStreamEventStore.open(nc, unique("lag"), R3)
+        config = JetStreamConfig(replica_count=3, direct_get=False)
+        store = await JetStreamEventStore.open(nc, unique("lag"), config)
         events = [Event("Deposited", "acc", v) for v in range(1, 41)]
         await store.save_events(events)
         replayer = store._replay
@@ -157,6 +160,38 @@ async def test_replay_tops_up_what_a_lagging_replica_did_not_deliver(
         # Each replay drained a lagging consumer at least once (more if a loaded machine
         # made a consumer stall and the replay resume with a new one).
         assert truncated >= 2
+    finally:
+        await nc.close()
+
+
+async def test_a_direct_get_from_a_lagging_replica_is_topped_up_from_the_leader(
+    cluster: NatsCluster, connect: list[str]
+) -> None:
+    """Every replica of an R3 stream answers direct gets, a follower perhaps before it
+    has applied the newest acknowledged writes; the load is bounded by the leader's last
+    sequence and topped up. The lag is simulated: each direct answer loses its last ten
+    messages and says nothing is left."""
+    nc = await client(connect)
+    try:
+        store = await JetStreamEventStore.open(nc, unique("lagdirect"), R3)
+        events = [Event("Deposited", "acc", v) for v in range(1, 41)]
+        await store.save_events(events)
+        direct = store._replay.direct
+        real_batch = direct.batch
+        truncated = 0
+
+        async def lagging_batch(*args: Any, **kwargs: Any) -> DirectBatch | None:
+            nonlocal truncated
+            answer = await real_batch(*args, **kwargs)
+            if answer is not None and len(answer.messages) > 10:
+                truncated += 1
+                return DirectBatch(answer.messages[:-10], 0, answer.answered_by)
+            return answer
+
+        direct.batch = lagging_batch  # type: ignore[method-assign]
+        assert [e.id for e in await store.get_events("acc")] == [e.id for e in events]
+        assert [e.version async for e in store.iter_events("acc", 25)] == list(range(25, 41))
+        assert truncated == 2  # both loads met the lag
     finally:
         await nc.close()
 

@@ -206,16 +206,22 @@ async def test_replay_from_a_version_past_a_malformed_message_reads_everything(
 async def test_iter_events_can_stop_early_and_releases_its_consumer(
     open_store: StoreFactory, nc: Client
 ) -> None:
-    store = await open_store(config=JetStreamConfig(replay_batch_size=7))
-    await store.save_events([ev("a", v) for v in range(1, 101)])
-    subscriptions = len(store._nc._subs)  # nats-py's own request inbox
+    config = JetStreamConfig(replay_batch_size=7, direct_batch_size=100)
+    store = await open_store(config=config)
+    # Past what direct gets bring, the replay goes on with a consumer: stop in that part.
+    total = 700
+    DIRECT_BATCH = config.direct_batch_size
+    for first in range(1, total + 1, 100):
+        await store.save_events([ev("a", v) for v in range(first, first + 100)])
+    assert await store.get_events("nobody") == []  # makes the direct gets' shared inbox
+    subscriptions = len(store._nc._subs)  # that, and nats-py's own request inbox
     seen = []
     async with contextlib.aclosing(store.iter_events("a")) as events:
         async for event in events:
             seen.append(event.version)
-            if len(seen) == 15:
+            if len(seen) == DIRECT_BATCH + 15:
                 break
-    assert seen == list(range(1, 16))
+    assert seen == list(range(1, DIRECT_BATCH + 16))
     assert len(store._nc._subs) == subscriptions  # no replay subscription left behind
     jsm = nc.jetstream()
     # The consumer's deletion is sent without waiting for an answer: poll for it.
@@ -224,8 +230,8 @@ async def test_iter_events_can_stop_early_and_releases_its_consumer(
             break
         await asyncio.sleep(0.01)
     assert await jsm.consumers_info(store.stream_name) == []
-    assert [e.version async for e in store.iter_events("a", from_version=90)] == list(
-        range(90, 101)
+    assert [e.version async for e in store.iter_events("a", from_version=total - 10)] == list(
+        range(total - 10, total + 1)
     )
 
 
@@ -624,7 +630,11 @@ async def test_replay_resumes_when_its_consumer_vanishes(
     open_store: StoreFactory, nc: Client
 ) -> None:
     store = await open_store(
-        config=JetStreamConfig(replay_batch_size=5, request_timeout=timedelta(milliseconds=300))
+        config=JetStreamConfig(
+            replay_batch_size=5,
+            direct_get=False,  # the consumer's resumption is what is tested
+            request_timeout=timedelta(milliseconds=300),
+        )
     )
     await store.save_events([ev("acc", v) for v in range(1, 41)])
     await store.save_event(ev("other", 1))  # interleaved subjects must not confuse resumption
@@ -679,6 +689,7 @@ async def test_replay_resumes_after_an_idle_longer_than_the_deadline(
     store = await open_store(
         config=JetStreamConfig(
             replay_batch_size=5,
+            direct_get=False,  # the consumer's resumption is what is tested
             request_timeout=timedelta(milliseconds=200),
             retry_deadline=timedelta(milliseconds=500),
         )

@@ -263,13 +263,14 @@ async def test_operator_limits_are_kept(streams: Streams) -> None:
     assert events.max_msgs == 1000
     assert events.duplicate_window == timedelta(minutes=1)
     assert events.subjects == (f"{name}.events.>", "other.>")
-    assert events.allow_atomic  # the one change made
+    assert events.allow_atomic and events.allow_direct  # the only changes made
     after = await streams.info(name)
     assert before is not None and after is not None
     # The server's own "_nats.*" metadata records the feature level the update needs.
     assert _without_server_keys(after["config"]) == {
         **_without_server_keys(before["config"]),
         "allow_atomic": True,
+        "allow_direct": True,
     }
     assert after["state"]["messages"] == 1
 

@@ -14,16 +14,18 @@ from typing import Any
 
 import pytest
 
-from aether.store import JetStreamEventStore, _replay
+from aether.store import JetStreamConfig, _replay
 
-from ._stores import ev
+from ._stores import StoreFactory, ev
 
 GUARD = 60.0  # seconds; only turns a hang into a failure
 
 
 async def test_a_cancel_that_comes_with_a_message_ends_the_replay(
-    js_store: JetStreamEventStore, monkeypatch: pytest.MonkeyPatch
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The consumer's wait is what is tested: no direct gets.
+    js_store = await open_store(config=JetStreamConfig(direct_get=False))
     await js_store.save_events([ev("acc", v) for v in range(1, 51)])
     armed: list[asyncio.Task[Any]] = []
     fired: list[bool] = []

@@ -184,7 +184,7 @@ async def test_a_pull_refused_as_more_than_pending_does_not_end_the_replay(
         return created
 
     monkeypatch.setattr(_replay.Replayer, "_create_consumer", create_then_delete)
-    config = JetStreamConfig(storage="memory", replay_batch_size=4)
+    config = JetStreamConfig(storage="memory", replay_batch_size=4, direct_get=False)
     async with opened(nats_url, conn.nc, config) as store:
         await write(store, "acct", [10] * 40, 40)
         assert [e.version for e in await store.get_events("acct")] == [1]
@@ -199,7 +199,8 @@ async def test_a_message_larger_than_a_pull_is_an_error_not_a_loop(
     message be larger still, each pull would end with nothing delivered. The replay
     says so instead of sending pulls forever."""
     monkeypatch.setattr(_replay, "_replay_window", lambda max_payload: (2, 4_000))
-    async with opened(nats_url, conn.nc) as store:
+    # (A direct get always brings at least one message: the consumer's pulls are tested.)
+    async with opened(nats_url, conn.nc, JetStreamConfig(direct_get=False)) as store:
         await write(store, "acct", [100, 10_000, 100], 3)
         with pytest.raises(JetStreamError, match="larger than 4000 bytes"):
             await store.get_events("acct")
@@ -294,7 +295,9 @@ async def test_a_pull_ended_silently_does_not_hold_the_budget_forever(
             kw["cb"] = cb
         return await real_subscribe(subject, **kw)
 
-    config = JetStreamConfig(storage="memory", request_timeout=timedelta(seconds=0.5))
+    config = JetStreamConfig(
+        storage="memory", direct_get=False, request_timeout=timedelta(seconds=0.5)
+    )
     async with opened(nats_url, conn.nc, config) as store:
         await write(store, "acct", [10] * 10, 10)
         monkeypatch.setattr(conn.nc, "subscribe", subscribe)

@@ -79,6 +79,8 @@ class StreamSettings:
       refuses new messages); ``discard_new_per_subject``: ``"new"`` applies per subject.
     - ``duplicate_window``: how long the server remembers message ids to drop duplicates.
     - ``allow_atomic``: atomic batch publish is allowed (nats-server >= 2.12).
+    - ``allow_direct``: direct gets are answered (by every replica, and by mirrors with
+      ``mirror_direct``), so short histories load without a consumer.
     - ``metadata``: the stream's metadata (aether's keys, the server's ``_nats.*``).
     - ``created``: when the stream was created (UTC), as the server reports it. It tells
       a stream from one deleted and recreated under the same name, whose sequences
@@ -108,6 +110,7 @@ class StreamSettings:
     sealed: bool = False
     no_ack: bool = False
     subject_transform: tuple[str, str] | None = None
+    allow_direct: bool = False
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any]) -> StreamSettings:
@@ -140,6 +143,7 @@ class StreamSettings:
                 if isinstance(transform, Mapping) and transform.get("dest")
                 else None
             ),
+            allow_direct=bool(config.get("allow_direct")),
         )
 
 
@@ -167,8 +171,9 @@ async def provision(
     stream :func:`find_legacy` finds when that does not exist. Both existing streams are
     checked before anything is created or changed (UnsuitableStreamError, nothing
     written); a created events stream gets ``max_age`` from ``config.stream_retention``
-    (none when None) and ``config.duplicate_window``. With *atomic*, ``allow_atomic`` is
-    turned on if it is off: the only change made to an existing stream.
+    (none when None), ``config.duplicate_window`` and ``allow_direct``. ``allow_direct``,
+    and with *atomic* ``allow_atomic``, are turned on if they are off: the only changes
+    made to an existing stream.
     Returns both streams' settings as the server holds them.
     """
     name = real_stream_name(namespace, stream_name)
@@ -194,8 +199,16 @@ async def provision(
             _snapshots_body(name, namespace, stream_name, config),
             lambda s: check_snapshot_stream(s, name, namespace, stream_name),
         )
-    if atomic and not events.settings.allow_atomic:
-        answer = await api.call(f"STREAM.UPDATE.{name}", {**events.config, "allow_atomic": True})
+    missing = {
+        key: True
+        for key, on in (
+            ("allow_atomic", events.settings.allow_atomic or not atomic),
+            ("allow_direct", events.settings.allow_direct),
+        )
+        if not on
+    }
+    if missing:
+        answer = await api.call(f"STREAM.UPDATE.{name}", {**events.config, **missing})
         events = Stream.from_info(answer)
     return events.settings, snapshots.settings
 
@@ -466,6 +479,7 @@ def _events_body(
         "subjects": [f"{name}.events.>"],
         "max_age": 0 if retention is None else _ns(retention),
         "duplicate_window": _ns(config.duplicate_window),
+        "allow_direct": True,  # short histories load with one direct get
         **({"allow_atomic": True} if atomic else {}),
         "metadata": stream_metadata("events", namespace, stream_name),
         **_common(config),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -30,9 +31,12 @@ from nats.aio.msg import Msg
 
 from aether import _json
 from aether.errors import JetStreamError, StoreUnavailableError
+from aether.store._direct import DirectBatch, DirectGets
 from aether.store._jsapi import API, NS_PER_SECOND, JsApi, StoredMsg, backoff
 
 __all__ = ["Replayer"]
+
+_log = logging.getLogger("aether.store")
 
 
 class _StalledError(Exception):
@@ -48,6 +52,12 @@ class Replayer:
         self.nc = api.nc
         self.request_timeout = api.request_timeout
         self.retry_deadline = api.retry_deadline
+        self.direct = DirectGets(api.nc)
+        self._no_direct: set[str] = set()  # streams whose direct gets got no answer
+
+    async def close(self) -> None:
+        """Drop the direct gets' inbox subscription (a later replay makes a new one)."""
+        await self.direct.close()
 
     async def iter_subject(
         self,
@@ -57,6 +67,7 @@ class Replayer:
         start_seq: int = 1,
         batch: int = 500,
         replicated: bool = False,
+        direct_batch: int = 0,
     ) -> AsyncGenerator[StoredMsg, None]:
         """Every message on *subject* from *start_seq* on (at least those stored when the
         call began).
@@ -77,24 +88,55 @@ class Replayer:
         also asked of the stream leader (concurrently with creating the consumer, so no
         extra round trip), and any message up to it that the consumer did not deliver is
         fetched from the leader: a replay reflects every write acknowledged before it began.
+
+        With *direct_batch* > 0 (for a stream with ``allow_direct``), the first messages
+        come from batched direct gets of that many (:mod:`aether.store._direct`), with
+        no consumer: a subject with at most *direct_batch* messages from *start_seq*
+        costs one request, and a consumer is created only for what is left once that is
+        more than one more batch. A direct get that gets no answer at all (e.g. not
+        permitted) is not tried again on this stream. A direct answer is taken as
+        complete only from the stream itself on a single replica; from a follower or a
+        mirror (``mirror_direct``), or a "none" on a stream that may have mirrors, the
+        leader's last sequence bounds it and the rest is fetched from the leader, as
+        above.
         """
         loop = asyncio.get_running_loop()
         deadline: float | None = None  # from the first stall without progress since
         next_seq = start_seq
         leader_last: asyncio.Task[StoredMsg | None] | None = None
-        if replicated:
-            leader_last = asyncio.ensure_future(self.api.last_msg(stream, subject))
+
+        def ask_leader() -> asyncio.Task[StoredMsg | None]:
+            task = asyncio.ensure_future(self.api.last_msg(stream, subject))
             # Retrieve its outcome even if the caller stops early (no "never retrieved").
-            leader_last.add_done_callback(lambda t: t.cancelled() or t.exception())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            return task
+
+        if replicated:
+            leader_last = ask_leader()
         try:
-            while True:
+            pending: int | None = None  # messages left from next_seq; None: not known
+            direct = direct_batch > 0 and stream not in self._no_direct
+            while direct:
+                answer = await self._direct_batch(stream, subject, next_seq, direct_batch)
+                if answer is None:
+                    break  # no usable answer: the consumer below takes over
+                if leader_last is None and answer.answered_by != stream:
+                    leader_last = ask_leader()  # a mirror's answer, or an unattributed "none"
+                for msg in answer.messages:
+                    next_seq = msg.seq + 1
+                    yield msg
+                pending = answer.pending
+                # One more batch only if it brings all that is left: the answer was full
+                # by count (not cut short by its bytes) and no more than a batch is left.
+                direct = 0 < pending <= direct_batch == len(answer.messages)
+            while pending != 0:
                 consumer = await self._create_consumer(stream, subject, next_seq)
                 if consumer is None:
                     break
-                name, pending = consumer
+                name, count = consumer
                 resumed_at = next_seq
                 try:
-                    drained = self._drain(stream, name, pending, batch)
+                    drained = self._drain(stream, name, count, batch)
                     async with contextlib.aclosing(drained):
                         async for msg in drained:
                             next_seq = msg.seq + 1
@@ -126,6 +168,33 @@ class Replayer:
         finally:
             if leader_last is not None and not leader_last.done():
                 leader_last.cancel()
+
+    async def _direct_batch(
+        self, stream: str, subject: str, start_seq: int, batch: int
+    ) -> DirectBatch | None:
+        """One batched direct get of at most *batch* messages and about one replay
+        pull's bytes, reserved from the connection's replay budget like a pull's (the
+        answer may pass its ``max_bytes`` by one message: twice that is reserved)."""
+        size = self.nc.max_payload + _REPLAY_MSG_OVERHEAD
+        budget = _budget_of(self.nc, max(_REPLAY_BYTES_IN_FLIGHT, 2 * size))
+        await budget.acquire(2 * size)
+        try:
+            return await self.direct.batch(
+                stream,
+                subject,
+                start_seq,
+                batch=batch,
+                max_bytes=self.nc.max_payload,
+                wait=self.request_timeout,
+            )
+        except TimeoutError:
+            # No answer at all: most likely a permission the user lacks (nats-server
+            # drops the request silently). Do not pay that wait on every replay.
+            _log.warning("no answer to a direct get on stream %r: replays use consumers", stream)
+            self._no_direct.add(stream)
+            return None
+        finally:
+            budget.release(2 * size)
 
     async def _create_consumer(
         self, stream: str, subject: str, start_seq: int

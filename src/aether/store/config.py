@@ -63,6 +63,13 @@ class JetStreamConfig:
       whose outcome is unknown (timeout, no responders, reconnect) is re-sent before
       :class:`~aether.errors.StoreUnavailableError`.
     - ``replay_batch_size`` (1 to 10000): messages fetched per request during a replay.
+    - ``direct_get`` (default True) and ``direct_batch_size`` (1 to 10000): replays
+      start with batched direct gets (ADR-31) of that many messages. A history with at
+      most that many events left to read loads with one request and no consumer; a
+      longer one goes on with a consumer once more than one further batch is left. With
+      ``direct_get=False`` every replay uses a consumer (e.g. for a user not permitted
+      ``$JS.API.DIRECT.GET``). Used only on streams with ``allow_direct``, which
+      ``open()`` turns on.
     - ``duplicate_window``: the window the store asks for on the events stream it creates,
       during which the server drops a second message with the same ``Nats-Msg-Id``.
 
@@ -86,6 +93,8 @@ class JetStreamConfig:
     request_timeout: timedelta = timedelta(seconds=2)
     retry_deadline: timedelta = timedelta(seconds=30)
     replay_batch_size: int = 500
+    direct_get: bool = True
+    direct_batch_size: int = 256
     duplicate_window: timedelta = timedelta(minutes=2)
 
     def __post_init__(self) -> None:
@@ -95,6 +104,12 @@ class JetStreamConfig:
                 object.__setattr__(self, f.name, f.default)
                 continue
             kind, kind_name = _KINDS[f.name]
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise InvalidConfigError(
+                        f.name, f"must be {kind_name}, got {type(value).__name__} {value!r}"
+                    )
+                continue
             if isinstance(value, bool) or not isinstance(value, kind):
                 raise InvalidConfigError(
                     f.name, f"must be {kind_name}, got {type(value).__name__} {value!r}"
@@ -118,6 +133,11 @@ class JetStreamConfig:
             raise InvalidConfigError(
                 "replay_batch_size",
                 f"must be between 1 and {MAX_REPLAY_BATCH}, got {self.replay_batch_size}",
+            )
+        if not 1 <= self.direct_batch_size <= MAX_REPLAY_BATCH:
+            raise InvalidConfigError(
+                "direct_batch_size",
+                f"must be between 1 and {MAX_REPLAY_BATCH}, got {self.direct_batch_size}",
             )
         if self.namespace:
             try:
@@ -180,6 +200,8 @@ _KINDS: dict[str, tuple[type[Any], str]] = {
     "request_timeout": (timedelta, "a timedelta"),
     "retry_deadline": (timedelta, "a timedelta"),
     "replay_batch_size": (int, "an int"),
+    "direct_get": (bool, "a bool"),
+    "direct_batch_size": (int, "an int"),
     "duplicate_window": (timedelta, "a timedelta"),
 }
 

@@ -171,6 +171,7 @@ class JetStreamEventStore:
         sub, self._advisories = self._advisories, None
         if sub is not None and not self._nc.is_closed:
             await sub.unsubscribe()
+        await self._replay.close()
 
     async def __aenter__(self) -> JetStreamEventStore:
         return self
@@ -651,7 +652,11 @@ class JetStreamEventStore:
         # with a scan. Rare, and the actor stays writable: appends follow ``last.seq``.
         version, event_id, event_seq = 0, "", 0
         messages = self._replay.iter_subject(
-            self._stream, subject, batch=self._config.replay_batch_size, replicated=self._replicated
+            self._stream,
+            subject,
+            batch=self._config.replay_batch_size,
+            replicated=self._replicated,
+            direct_batch=self._direct_batch,
         )
         async with contextlib.aclosing(messages):
             async for msg in messages:
@@ -737,6 +742,12 @@ class JetStreamEventStore:
             self._snapshots.forget_mark(actor_id)
         return start.seq
 
+    @property
+    def _direct_batch(self) -> int:
+        """Messages per batched direct get of a replay (0: none; see JetStreamConfig)."""
+        config = self._config
+        return config.direct_batch_size if config.direct_get and self._settings.allow_direct else 0
+
     async def _decoded(
         self, actor_id: str, subject: str, start_seq: int = 1
     ) -> AsyncGenerator[Event | ReplayError, None]:
@@ -747,6 +758,7 @@ class JetStreamEventStore:
             start_seq=start_seq,
             batch=self._config.replay_batch_size,
             replicated=self._replicated,
+            direct_batch=self._direct_batch,
         )
         try:
             async with contextlib.aclosing(messages):
