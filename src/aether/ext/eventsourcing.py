@@ -108,6 +108,8 @@ T = TypeVar("T")
 # version (i64) | topic (u16 length + UTF-8) | [tracking: u16 length + UTF-8 name, i64 id]
 # | state (the rest)
 
+#: The most notifications one read asks for at once (a direct get, or a pull).
+_MAX_BATCH = 1_000
 _UUID_ID = 1
 _TRACKED = 2
 _U16 = struct.Struct(">H")
@@ -519,20 +521,17 @@ class JetStreamAggregateRecorder(_Recorder, AggregateRecorder):
     async def _messages(
         self, subject: str, start_seq: int = 1, batch: int = 500
     ) -> AsyncIterator[StoredMsg]:
-        """The stream's messages on *subject* (a filter) from *start_seq* on."""
-        first = await self._api.get_msg(self._stream, {"seq": start_seq, "next_by_subj": subject})
-        if first is None:
-            return
-        yield first
-        second = await self._api.get_msg(
-            self._stream, {"seq": first.seq + 1, "next_by_subj": subject}
-        )
-        if second is None:
-            return
-        yield second
+        """The stream's messages on *subject* (a filter) from *start_seq* on: batched
+        direct gets of *batch* first (the streams have ``allow_direct``), a consumer for
+        what is left past two batches (see :meth:`Replayer.iter_subject`)."""
         replicated = self._conn.streams.get(self._stream, 1) > 1
         items = self._conn.replay.iter_subject(
-            self._stream, subject, start_seq=second.seq + 1, batch=batch, replicated=replicated
+            self._stream,
+            subject,
+            start_seq=start_seq,
+            batch=batch,
+            replicated=replicated,
+            direct_batch=batch,
         )
         async with contextlib.aclosing(items):
             async for msg in items:
@@ -567,7 +566,7 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
         if limit <= 0 or (stop is not None and stop < first):
             return found
         wanted = set(topics)
-        items = self._messages(self._filter, first, batch=min(max(limit, 10), 500))
+        items = self._messages(self._filter, first, batch=min(max(limit, 10), _MAX_BATCH))
         async with contextlib.aclosing(items):  # type: ignore[type-var]
             async for msg in items:
                 if stop is not None and msg.seq > stop:
