@@ -85,6 +85,12 @@ class EsPeer:
             raise RuntimeError(f"{self.key}: decoded {len(decoded)} events, expected {length}")
         return length / elapsed
 
+    def load(self, aggregate_id: UUID) -> int:
+        """``repository.get`` (every event applied: no snapshot is taken of these
+        aggregates); returns the aggregate's version."""
+        account: Account = self.app.repository.get(aggregate_id)
+        return account.version
+
     def take_snapshot(self, aggregate_id: UUID, version: int) -> None:
         self.app.take_snapshot(aggregate_id, version=version)
 

@@ -51,6 +51,18 @@ def write(result: SuiteResult, out_dir: Path) -> dict[str, Path]:
             with_p90=True,
         )
         written["latest_version_latency"] = path
+    load = result.workload("load")
+    if load is not None and len(load.points) > 1:
+        path = out_dir / "load_latency.png"
+        _history_chart(
+            load,
+            path,
+            "loading a history: latency (p50, whiskers to p90)",
+            "µs per load, log scale (lower is better)",
+            with_p90=True,
+            log_y=True,  # 1 to 1,000 events: three orders of magnitude of work
+        )
+        written["load_latency"] = path
     replay = result.workload("replay")
     if replay is not None and len(replay.points) > 1:
         path = out_dir / "replay_throughput.png"
@@ -68,7 +80,13 @@ def _color(key: str) -> str:
 
 
 def _history_chart(
-    workload: WorkloadResult, path: Path, title: str, ylabel: str, *, with_p90: bool = False
+    workload: WorkloadResult,
+    path: Path,
+    title: str,
+    ylabel: str,
+    *,
+    with_p90: bool = False,
+    log_y: bool = False,
 ) -> None:
     fig = _figure()
     ax = fig.subplots()
@@ -105,7 +123,7 @@ def _history_chart(
         else:
             ax.plot(xs, ys, **kwargs)
     ax.set_xscale("log")
-    if with_p90:
+    if with_p90 and not log_y:
         ax.set_ylim(bottom=0)  # latencies: a linear axis from zero shows the real gaps
     else:
         ax.set_yscale("log")

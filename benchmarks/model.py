@@ -40,6 +40,7 @@ WORKLOADS: dict[str, str] = {
     "latest_version": "get_latest_version latency vs history length",
     "replay": "replay throughput vs history length",
     "snapshot_tail": "snapshot + tail vs full replay",
+    "load": "loading a short history: latency vs history length",
     "subscribe_catchup": "subscribe() catch-up throughput (every actor)",
     "subscribe_live": "subscribe() live latency: append to delivery on another connection",
     "bus_local": "local EventBus publish to delivery, by subscriber count",
@@ -80,6 +81,10 @@ class Sizes:
     hot_rounds: int = 5
     #: timed get_latest_version calls per contender and history length (after a warm-up)
     latency_calls: int = 2_000
+    #: history lengths of the load workload (short histories, the most frequent read) ...
+    load_lengths: tuple[int, ...] = (1, 10, 100, 1_000)
+    #: ... and timed loads per contender and length (after a warm-up)
+    load_calls: int = 500
     #: timed replay rounds for short histories ...
     replay_rounds: int = 7
     #: ... and for histories of at least ``long_history`` events
@@ -135,6 +140,7 @@ class Sizes:
             "hot_successes",
             "hot_rounds",
             "latency_calls",
+            "load_calls",
             "replay_rounds",
             "long_replay_rounds",
             "snapshot_rounds",
@@ -158,7 +164,7 @@ class Sizes:
             raise ValueError("snapshot_tail must be between 1 and the longest history - 1")
         if self.catchup_events % self.catchup_actors:
             raise ValueError("catchup_events must be a multiple of catchup_actors")
-        for name in ("es_save_sizes", "es_get_lengths", "es_log_pages"):
+        for name in ("load_lengths", "es_save_sizes", "es_get_lengths", "es_log_pages"):
             values: tuple[int, ...] = getattr(self, name)
             if not values or min(values) < 1 or list(values) != sorted(set(values)):
                 raise ValueError(f"{name} must be positive and strictly increasing")
@@ -177,6 +183,8 @@ QUICK = Sizes(
     hot_successes=50,
     hot_rounds=2,
     latency_calls=300,
+    load_lengths=(1, 10, 100),
+    load_calls=100,
     replay_rounds=3,
     long_replay_rounds=2,
     snapshot_rounds=2,

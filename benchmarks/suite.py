@@ -30,6 +30,7 @@ from benchmarks.baselines import (
     open_sqlite_peer,
 )
 from benchmarks.es_module import ES_WORKLOADS, es_targets
+from benchmarks.load import load_targets
 from benchmarks.model import (
     FULL,
     QUICK,
@@ -52,7 +53,7 @@ __all__ = ["DEFAULT_OUT_DIR", "POSTGRES_DSN_ENV", "Connector", "SuiteOptions", "
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 POSTGRES_DSN_ENV = "AETHER_BENCH_POSTGRES_DSN"
 _HISTORY_WORKLOADS = ("latest_version", "replay", "snapshot_tail")
-_PEER_WORKLOADS = ("append_single", *_HISTORY_WORKLOADS, *ES_WORKLOADS)
+_PEER_WORKLOADS = ("append_single", *_HISTORY_WORKLOADS, "load", *ES_WORKLOADS)
 
 #: a NATS URL, or a coroutine function returning a connected client
 Connector = str | Callable[[], Awaitable[Client]]
@@ -335,7 +336,7 @@ def evaluate_targets(result: SuiteResult, sizes: Sizes) -> list[Target]:
     ]
     for target in targets:
         _judge(target, result, longest, lengths)
-    return targets + es_targets(result, sizes)
+    return targets + load_targets(result) + es_targets(result, sizes)
 
 
 def _ratio(

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from benchmarks._eventsourcing import EsPeer, ModuleApp
 
-__all__ = ["Bench", "History", "populate"]
+__all__ = ["Bench", "History", "Probe", "interleaved_latencies", "populate"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -425,7 +425,7 @@ class Bench:
         calls = s.latency_calls
         self.progress.start(wid, result.title, _LATENCY_WARMUP + calls)
 
-        probes: list[tuple[int, str, Callable[[], Awaitable[int]]]] = []
+        probes: list[Probe] = []
         for length, history in self.histories.items():
             probes.append(
                 (
@@ -443,19 +443,7 @@ class Bench:
                         _sync(peer.latest_version, history.peers[peer.key]),
                     )
                 )
-        samples: dict[tuple[int, str], list[float]] = {(x, key): [] for x, key, _ in probes}
-        clock = time.perf_counter
-        orders = round_orders([str(i) for i in range(len(probes))], _LATENCY_WARMUP + calls)
-        for call, order in enumerate(orders):
-            for length, key, probe in (probes[int(i)] for i in order):
-                t0 = clock()
-                got = await probe()
-                elapsed = clock() - t0
-                if got != length:
-                    raise RuntimeError(f"{key}: latest version {got}, expected {length}")
-                if call >= _LATENCY_WARMUP:
-                    samples[(length, key)].append(elapsed * 1e6)
-            self.progress.advance(wid)
+        samples = await interleaved_latencies(probes, calls, self._tick(wid), "latest version")
 
         labels = {
             "aether.get_latest_version": "aether get_latest_version",
@@ -654,6 +642,11 @@ class Bench:
 
         return await bus_nats(self)
 
+    async def load(self) -> WorkloadResult:
+        from benchmarks.load import load
+
+        return await load(self)
+
     # -- the eventsourcing persistence modules (benchmarks.es_module) ---------------------
 
     async def eventsourcing_save(self) -> WorkloadResult:
@@ -670,6 +663,33 @@ class Bench:
         from benchmarks.es_module import eventsourcing_log
 
         return await eventsourcing_log(self)
+
+
+Probe = tuple[int, str, Callable[[], Awaitable[int]]]
+
+
+async def interleaved_latencies(
+    probes: list[Probe], calls: int, tick: Callable[[], None], what: str
+) -> dict[tuple[int, str], list[float]]:
+    """Latencies in µs of each probe ``(x, key, call)``, keyed ``(x, key)``: after
+    ``_LATENCY_WARMUP`` untimed calls, *calls* timed calls of each, interleaved one by one
+    in a new random order every time (all see the same machine state). Each call must
+    return its *x* (the *what* it reads: a version, an event count); *tick* runs once per
+    round of calls."""
+    samples: dict[tuple[int, str], list[float]] = {(x, key): [] for x, key, _ in probes}
+    clock = time.perf_counter
+    orders = round_orders([str(i) for i in range(len(probes))], _LATENCY_WARMUP + calls)
+    for call, order in enumerate(orders):
+        for x, key, probe in (probes[int(i)] for i in order):
+            t0 = clock()
+            got = await probe()
+            elapsed = clock() - t0
+            if got != x:
+                raise RuntimeError(f"{key}: {what} {got}, expected {x}")
+            if call >= _LATENCY_WARMUP:
+                samples[(x, key)].append(elapsed * 1e6)
+        tick()
+    return samples
 
 
 async def populate(store: JetStreamEventStore, actor_id: str, count: int) -> None:
