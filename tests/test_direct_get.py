@@ -176,6 +176,26 @@ async def test_a_stale_answer_from_a_mirror_is_topped_up_from_the_leader(
         assert seen
 
 
+async def test_a_malformed_direct_answer_falls_back_to_a_consumer(
+    nats_url: str, open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer nats-server would not give (no sequence header) is not used: the load
+    goes on with a consumer and is complete."""
+    store = await open_store()
+    await write(store, "acc", 4)
+    spy = ConsumerSpy(monkeypatch)
+
+    async def malformed(nc: Client, msg: Msg) -> None:
+        await nc.publish(msg.reply, b"{}", headers={"Nats-Stream": store.stream_name})
+        end = {"Status": "204", "Description": "EOB", "Nats-Num-Pending": "0"}
+        await nc.publish(msg.reply, b"", headers=end)
+
+    async with only_responder(nats_url, store, malformed) as seen:
+        assert [e.version for e in await store.get_events("acc")] == [1, 2, 3, 4]
+        assert seen
+    assert spy.created == 1
+
+
 async def test_direct_gets_turned_off_by_an_operator_fall_back_to_a_consumer(
     nats_url: str, open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

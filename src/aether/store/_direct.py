@@ -129,8 +129,11 @@ def _answer(received: list[Msg]) -> DirectBatch | None:
         return None
     messages: list[StoredMsg] = []
     answered_by = ""
-    for msg in stored:
-        h = msg.headers or {}
-        answered_by = h.get(_STREAM, "")
-        messages.append(StoredMsg(int(h[_SEQUENCE]), h[_SUBJECT], msg.data))
-    return DirectBatch(messages, int(headers.get(_NUM_PENDING, 0)), answered_by)
+    try:
+        for msg in stored:
+            h = msg.headers or {}
+            answered_by = h.get(_STREAM, "")
+            messages.append(StoredMsg(int(h[_SEQUENCE]), h[_SUBJECT], msg.data))
+        return DirectBatch(messages, int(headers.get(_NUM_PENDING, 0)), answered_by)
+    except (KeyError, ValueError, TypeError):
+        return None  # not an answer nats-server gives (a foreign responder's): not usable
