@@ -1,0 +1,427 @@
+"""ClusterManager with real nodes: OS processes (``tests/_cluster_node.py``) on a real nats-server.
+
+Each node logs when it acquires and releases shards (``time.monotonic()``, one clock for
+every process of the machine). The checker rebuilds, for every shard, the intervals each
+node held it and asserts that no two nodes' intervals overlap: an acquire is logged
+before the node starts holding, a release after it stopped (for a lease expiry, at the
+instant ``owns()`` turned false), a SIGKILLed node's holds end when the kill returned.
+
+The tests wait on conditions (what the logs say), never on sleeps, and assert no timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import itertools
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from aether.cluster._manager import ClusterManager, NotOwnerError, ShardRouter, ShardsChanged
+from aether.cluster._placement import place
+from aether.cluster._routing import ClusterConfigError
+from aether.cluster._shards import ShardManager
+
+ROOT = Path(__file__).resolve().parent.parent
+NUM_SHARDS = 64
+shard_of = ShardManager(NUM_SHARDS).shard_of
+TIMEOUT = 60.0  # for any one condition: generous, a hang fails here
+
+pytestmark = pytest.mark.slow
+
+
+# -- the nodes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    name: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+    killed_at: float | None = None
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        lines = self.log.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.endswith("}")]
+
+    def last_state(self) -> dict[str, Any] | None:
+        states = [e for e in self.events() if e["ev"] == "state"]
+        return states[-1] if states else None
+
+    @property
+    def alive(self) -> bool:
+        return self.killed_at is None and self.proc.poll() is None
+
+
+@dataclass
+class Cluster:
+    url: str
+    group: str
+    dir: Path
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    def start(self, name: str, *extra: str) -> Node:
+        log = self.dir / f"{name}.jsonl"
+        out = (self.dir / f"{name}.out").open("wb")
+        cmd = [sys.executable, "-m", "tests._cluster_node", "--url", self.url]
+        cmd += ["--group", self.group, "--node", name, "--log", str(log)]
+        cmd += ["--shards", str(NUM_SHARDS), *extra]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        node = self.nodes[name] = Node(name, log, proc)
+        return node
+
+    def kill(self, name: str) -> None:
+        node = self.nodes[name]
+        node.proc.kill()
+        node.proc.wait()
+        node.killed_at = time.monotonic()  # after the process is gone: no hold lasts longer
+
+    def terminate(self, name: str) -> None:
+        """A clean leave (SIGTERM): the node releases its shards and exits."""
+        node = self.nodes[name]
+        node.proc.terminate()
+        assert node.proc.wait(timeout=TIMEOUT) == 0, self.output(name)
+
+    def output(self, name: str) -> str:
+        return (self.dir / f"{name}.out").read_text(errors="replace")
+
+    def live(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.alive]
+
+    def converged(self, members: set[str]) -> dict[str, set[int]] | None:
+        """Each member's shards if every member has applied one version and they hold
+        exactly the placement of *members*; else None."""
+        states = {name: self.nodes[name].last_state() for name in members}
+        if any(s is None for s in states.values()):
+            return None
+        versions = {s["version"] for s in states.values() if s is not None}
+        target = place(members, NUM_SHARDS)
+        owned = {name: set(s["owned"]) for name, s in states.items() if s is not None}
+        expected = {name: {i for i, o in enumerate(target) if o == name} for name in members}
+        return owned if len(versions) == 1 and owned == expected else None
+
+    async def wait_converged(self, members: set[str]) -> dict[str, set[int]]:
+        result = await wait_for(lambda: self.converged(members), self.describe)
+        version = self.nodes[next(iter(members))].last_state()
+        assert version is not None and version["version"] > 0
+        return result
+
+    def leader(self) -> str | None:
+        leaders = [n.name for n in self.live() if (s := n.last_state()) and s["leader"]]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def describe(self) -> str:
+        lines = []
+        for node in self.nodes.values():
+            lines.append(f"{node.name} alive={node.alive} state={node.last_state()}")
+            lines.append(self.output(node.name)[-2000:])
+        return "\n".join(lines)
+
+    # -- the checker --------------------------------------------------------------------
+
+    def holds(self) -> dict[int, list[tuple[float, float, str]]]:
+        """Every (start, end, node) interval in which a node held each shard."""
+        intervals: dict[int, list[tuple[float, float, str]]] = {}
+        for node in self.nodes.values():
+            open_: dict[int, float] = {}
+            for event in node.events():
+                if event["ev"] == "acquire":
+                    for shard in event["shards"]:
+                        assert shard not in open_, f"{node.name} acquired {shard} twice"
+                        open_[shard] = event["t"]
+                elif event["ev"] == "release":
+                    end = event["at"] if event["expired"] else event["t"]
+                    for shard in event["shards"]:
+                        start = open_.pop(shard)
+                        intervals.setdefault(shard, []).append((start, end, node.name))
+            end_of_run = node.killed_at if node.killed_at is not None else math.inf
+            for shard, start in open_.items():
+                intervals.setdefault(shard, []).append((start, end_of_run, node.name))
+        return intervals
+
+    def check_no_shard_held_twice(self) -> int:
+        """Assert that no two nodes held a shard at the same instant; the number of holds."""
+        count = 0
+        for shard, spans in self.holds().items():
+            spans.sort()
+            count += len(spans)
+            for (_, end, node), (start, _, other) in itertools.pairwise(spans):
+                assert end <= start, (
+                    f"shard {shard} held by {node} until {end} and by {other} from {start}"
+                )
+        return count
+
+    def check_handled_inside_holds(self) -> int:
+        holds = self.holds()
+        handled = 0
+        for node in self.nodes.values():
+            for event in node.events():
+                if event["ev"] == "handled":
+                    handled += 1
+                    spans = holds.get(event["shard"], [])
+                    assert any(
+                        n == node.name and start <= event["t"] <= end for start, end, n in spans
+                    ), f"{node.name} handled {event['actor']} outside its hold of {event['shard']}"
+        return handled
+
+    def released_by(self, name: str) -> set[int]:
+        return {s for e in self.nodes[name].events() if e["ev"] == "release" for s in e["shards"]}
+
+
+async def wait_for(condition: Callable[[], Any], describe: Callable[[], str]) -> Any:
+    """Poll *condition* until it returns something truthy (the condition is what we wait
+    on; the poll interval only sets how soon we notice)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not reached within {TIMEOUT}s\n{describe()}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def cluster(nats_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    group = f"t{uuid.uuid4().hex[:10]}"
+    result = Cluster(nats_url, group, tmp_path)
+    try:
+        yield result
+    finally:
+        for node in result.nodes.values():
+            with contextlib.suppress(ProcessLookupError):
+                node.proc.send_signal(signal.SIGCONT)
+            if node.proc.poll() is None:
+                node.proc.kill()
+            node.proc.wait()
+
+
+# -- membership changes ------------------------------------------------------------------------
+
+
+@pytest.mark.fault
+async def test_join_leave_kill_and_pause_move_only_what_they_must(cluster: Cluster) -> None:
+    for name in ("n1", "n2", "n3"):
+        cluster.start(name)
+    before = await cluster.wait_converged({"n1", "n2", "n3"})
+    assert set().union(*before.values()) == set(range(NUM_SHARDS))
+
+    # Join: only shards that go to n4 move.
+    cluster.start("n4")
+    after = await cluster.wait_converged({"n1", "n2", "n3", "n4"})
+    for name in ("n1", "n2", "n3"):
+        assert after[name] <= before[name]
+        assert cluster.released_by(name) == before[name] - after[name]
+
+    # Clean leave: only n4's shards move, and only to the others.
+    cluster.terminate("n4")
+    before, after = after, await cluster.wait_converged({"n1", "n2", "n3"})
+    for name in ("n1", "n2", "n3"):
+        assert before[name] <= after[name]
+        assert after[name] - before[name] <= before["n4"]
+    assert cluster.released_by("n4") == before["n4"]
+
+    # SIGKILL: only n3's shards move, once it has left the membership and its lease ran out.
+    cluster.kill("n3")
+    before, after = after, await cluster.wait_converged({"n1", "n2"})
+    for name in ("n1", "n2"):
+        assert before[name] <= after[name]
+    assert after["n1"] | after["n2"] == set(range(NUM_SHARDS))
+
+    # SIGSTOP past the lease: n2's shards go to n1; n2 lets them go (lease expiry) before n1
+    # takes them, and takes its share back once it runs again.
+    cluster.nodes["n2"].proc.send_signal(signal.SIGSTOP)
+    await cluster.wait_converged({"n1"})
+    cluster.nodes["n2"].proc.send_signal(signal.SIGCONT)
+    await cluster.wait_converged({"n1", "n2"})
+    expired = [e for e in cluster.nodes["n2"].events() if e["ev"] == "release" and e["expired"]]
+    assert expired and set(expired[0]["shards"]) == after["n2"]
+
+    assert cluster.check_no_shard_held_twice() > NUM_SHARDS
+
+
+@pytest.mark.fault
+async def test_a_leader_killed_during_a_rebalance_is_taken_over(cluster: Cluster) -> None:
+    # Every release takes a while, so the rebalance that n4's join starts is still
+    # waiting for confirmations when its leader is killed.
+    slow = ("--release-delay", "1.0")
+    for name in ("n1", "n2", "n3"):
+        cluster.start(name, *slow)
+    before = await cluster.wait_converged({"n1", "n2", "n3"})
+    leader = await wait_for(cluster.leader, cluster.describe)
+    term = cluster.nodes[leader].last_state()["term"]  # type: ignore[index]
+
+    cluster.start("n4", *slow)
+    await wait_for(
+        lambda: any(cluster.released_by(n) for n in ("n1", "n2", "n3")), cluster.describe
+    )
+    cluster.kill(leader)
+    members = {"n1", "n2", "n3", "n4"} - {leader}
+    after = await cluster.wait_converged(members)
+    new_leader = await wait_for(cluster.leader, cluster.describe)
+    assert new_leader != leader
+    assert cluster.nodes[new_leader].last_state()["term"] > term  # type: ignore[index]
+    for name in members - {"n4"}:
+        # The survivors kept what they had, and took only some of the dead leader's shards
+        # (n4 gets some from each: the slow releases it started were completed).
+        assert after[name] - before[name] <= before[leader]
+    assert cluster.check_no_shard_held_twice() > NUM_SHARDS
+
+
+# -- routing -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def client(nats_url: str) -> AsyncIterator[nats.NATS]:
+    nc = await nats.connect(nats_url)
+    yield nc
+    await nc.close()
+
+
+async def test_requests_land_on_the_owner_and_continue_across_a_leave(
+    cluster: Cluster, client: nats.NATS
+) -> None:
+    for name in ("n1", "n2", "n3"):
+        cluster.start(name)
+    await cluster.wait_converged({"n1", "n2", "n3"})
+    actors = [f"actor-{i}" for i in range(300)]
+    async with ShardRouter(client, group=cluster.group) as router:
+        await wait_for(lambda: None not in (router.owner_of(a) for a in actors), cluster.describe)
+        replies = await asyncio.gather(*(router.request(a, b"hello") for a in actors))
+        target = place({"n1", "n2", "n3"}, NUM_SHARDS)
+        for actor, reply in zip(actors, replies, strict=True):
+            answer = json.loads(reply)
+            assert answer == {"node": answer["node"], "actor": actor, "payload": "hello"}
+            assert answer["node"] == router.owner_of(actor)
+            assert answer["node"] == target[shard_of(actor)]
+
+        # Requests keep flowing while n3 leaves: each is retried until its new owner
+        # answers, and none fails.
+        answered: list[str] = []
+        stop = asyncio.Event()
+
+        async def sender(offset: int) -> None:
+            i = offset
+            while not stop.is_set():
+                actor = actors[i % len(actors)]
+                answered.append(json.loads(await router.request(actor, b"x", timeout=30))["node"])
+                i += 7
+
+        senders = [asyncio.create_task(sender(k)) for k in range(4)]
+        await wait_for(lambda: len(answered) > 50, cluster.describe)
+        cluster.terminate("n3")
+        await cluster.wait_converged({"n1", "n2"})
+        count = len(answered)
+        await wait_for(lambda: len(answered) > count + 50, cluster.describe)
+        stop.set()
+        await asyncio.gather(*senders)  # raises if any request failed
+    assert "n3" in answered and answered[-1] != "n3"
+    assert cluster.check_handled_inside_holds() > len(actors)
+    cluster.check_no_shard_held_twice()
+
+
+# -- in-process API -------------------------------------------------------------------------------
+
+
+async def test_a_single_node_owns_everything_and_serves_itself(nats_url: str) -> None:
+    changes: list[ShardsChanged] = []
+
+    async def on_change(change: ShardsChanged) -> None:
+        changes.append(change)
+
+    async def echo(actor_id: str, payload: bytes) -> bytes:
+        return actor_id.encode() + b":" + payload
+
+    group = f"t{uuid.uuid4().hex[:10]}"
+    nc = await nats.connect(nats_url)
+    try:
+        manager = ClusterManager(
+            nc,
+            "solo",
+            num_shards=8,
+            group=group,
+            lease=1.0,
+            heartbeat_interval=0.25,
+            failure_timeout=1.0,
+            handler=echo,
+            on_shards_changed=on_change,
+        )
+        async with manager:
+            async with asyncio.timeout(TIMEOUT):
+                assert await manager.wait_for_shards() == frozenset(range(8))
+            assert manager.owns("a") and manager.owner_of("a") == "solo"
+            assert manager.assignment_version >= 1
+            assert await manager.request("a", b"x") == b"a:x"
+            assert changes == [
+                ShardsChanged(frozenset(range(8)), frozenset(), changes[0].version, changes[0].at)
+            ]
+            # Another node with another shard count is refused.
+            with pytest.raises(ClusterConfigError):
+                async with ClusterManager(nc, "other", num_shards=16, group=group):
+                    pass
+        assert not manager.owns("a")
+        assert changes[-1].lost == frozenset(range(8)) and not changes[-1].expired
+        # Nobody serves the group any more: a request gives up with NotOwnerError.
+        async with ShardRouter(nc, group=group) as router:
+            with pytest.raises(NotOwnerError):
+                await router.request("a", b"x", timeout=0.5)
+    finally:
+        await nc.close()
+
+
+def test_bad_settings_are_refused() -> None:
+    nc: Any = object()
+    for kwargs in ({"group": "a.b"}, {"num_shards": 0}, {"lease": 0}, {"failure_timeout": 0.5}):
+        with pytest.raises(ClusterConfigError):
+            ClusterManager(nc, "n1", heartbeat_interval=1.0, **kwargs)
+    with pytest.raises(ClusterConfigError):
+        ClusterManager(nc, "bad id")
+
+
+# -- examples/sharded_accounts.py ---------------------------------------------------------------
+
+
+def load_example(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(
+        f"aether_example_{name}", ROOT / "examples" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.fault
+async def test_sharded_accounts_keeps_exact_balances_when_a_worker_is_killed(
+    nats_url: str,
+) -> None:
+    example = load_example("sharded_accounts")
+    settings = example.Settings(
+        num_shards=NUM_SHARDS, lease=1.0, heartbeat_interval=0.25, failure_timeout=1.0
+    )
+    report = await example.demo(
+        nats_url, workers=3, accounts=30, commands=900, settings=settings, request_timeout=2.0
+    )
+    assert report.killed == "w1"
+    assert not report.problems
+    # Every deposit was acknowledged, and the stream holds each exactly once.
+    assert report.stored == report.expected
+    assert sum(report.expected.values()) == sum(
+        c.amount for c in example.demo_commands(accounts=30, commands=900)
+    )
