@@ -14,6 +14,10 @@ machine):
   ``t`` first, then ``is_leader``), every 20 ms while it leads, as a leader doing work
   would;
 - ``{"ev": "deposed", "node", "term", "t"}``: from ``on_deposed``;
+- ``{"ev": "woke", "node", "term", "t", "leading"}``: what ``is_leader`` read on
+  SIGCONT, first thing: a Python signal handler runs as soon as the main thread is back
+  in the interpreter, before the event loop runs any timer, renewal or other task (an
+  ``act`` is recorded too if it read True);
 - ``{"ev": "resigned", "node", "t"}``: after SIGTERM made it leave the election cleanly.
 """
 
@@ -69,6 +73,15 @@ async def main(
             on_elected=lambda term: write("elected", term=term, t=time.monotonic()),
             on_deposed=lambda term: write("deposed", term=term, t=time.monotonic()),
         )
+
+        def woke(signum: int, frame: object) -> None:
+            t = time.monotonic()
+            leading = election.is_leader
+            write("woke", term=election.term, t=t, leading=leading)
+            if leading:
+                write("act", term=election.term, t=t)
+
+        signal.signal(signal.SIGCONT, woke)
         async with election:
             print("ready", flush=True)
             claimed: float | None = None

@@ -7,27 +7,32 @@ One KV bucket (default ``aether_leases``, history 1) holds one key per group, th
 record. Its value is JSON ``{"node": <node id>, "token": <random per election object>,
 "term": <int, absent in the first record of a term>}``.
 
-- **Campaign.** A candidate reads the key's last message (a JetStream "get last message
-  by subject" request, answered by the stream leader). If there is none, or it is a
-  delete/purge tombstone (KV ``KV-Operation: DEL``/``PURGE``) or a server expiry marker
-  (``Nats-Marker-Reason``), it *creates* the record: a publish with
-  ``Nats-Expected-Last-Subject-Sequence`` set to that message's sequence (0 when there
-  is none). JetStream appends it only if the subject's last sequence still is that
-  number, so of any number of candidates exactly one wins (ADR-8, "JetStream based
-  Key-Value Stores": ``Create`` and ``Update`` are this header; ADR-31 for the
-  expected-last-subject-sequence check). nats-py's ``KeyValue.create`` does the same
-  but does not recognise the server's expiry markers as deleted keys, hence the
-  publish made here.
+- **Campaign.** A candidate reads the key's last message with the JetStream Get API
+  (``last_by_subj``), which the stream leader answers, so it sees every acknowledged
+  write (ADR-31, "JetStream Direct Get": unlike Direct Get, the Get API is
+  read-after-write coherent). If there is none, or it is a delete/purge tombstone
+  (``KV-Operation: DEL``/``PURGE``) or a server expiry marker (``Nats-Marker-Reason``),
+  it *creates* the record: a publish with ``Nats-Expected-Last-Subject-Sequence`` set
+  to that message's sequence (0 when there is none). JetStream appends it only if the
+  subject's last sequence still is that number, else answers error 10071 (wrong last
+  sequence), so of any number of candidates exactly one wins. This is how ADR-8
+  ("JetStream based Key-Value Stores") defines KV ``Create`` and ``Update``; nats-py's
+  ``KeyValue.create`` does the same but does not take an expiry marker for a deleted
+  key, and its ``update`` cannot send a TTL, hence the publishes made here.
 - **Term.** The winner's term is the stream sequence (the KV revision) of the record
   that began its leadership. Stream sequences only grow, and every leadership begins
   with a write after the previous leader's last one, so terms strictly increase across
   successive leaderships: a fencing token. (Deleting and re-creating the bucket starts
   sequences again from 1: don't, while a group runs.)
-- **Lease.** Every record carries a per-message TTL (``Nats-TTL`` header, ADR-43,
-  nats-server 2.11+; the bucket is created with ``allow_msg_ttl`` and
-  ``subject_delete_marker_ttl``). The server accepts whole seconds only, so the TTL
-  sent is ``ceil(lease)`` (at least 1 s). When a record expires the server removes it
-  and places a delete marker (``Nats-Marker-Reason: MaxAge``), which watchers see.
+- **Lease.** Every record carries a per-message TTL (``Nats-TTL`` header; ADR-43,
+  "JetStream Per-Message TTL", nats-server 2.11+), counted by the server from the
+  message's stream timestamp, i.e. from when it stored the record. The bucket is
+  created with ``allow_msg_ttl`` and ``subject_delete_marker_ttl`` (KV "limit
+  markers", ADR-48): when a record expires the server removes it and places a marker
+  (``Nats-Marker-Reason: MaxAge``), which watchers see. The server keeps TTLs in whole
+  seconds (it refuses less than 1 s, and nats-server 2.15 expires ``"1500ms"`` after
+  1 s, measured), so the TTL sent is the integer ``ceil(lease)``, never less than the
+  lease. Expiry was measured never early and up to 0.3 s late.
 - **Renewal.** The leader rewrites the record every ``lease / 3`` with the revision
   check (an *update*), which also restarts the TTL. A renewal that meets another
   revision ends the leadership at once.
@@ -382,8 +387,10 @@ class LeaderElection:
         """Stop campaigning and resign: step down locally (``on_deposed`` runs), then
         delete the record with a revision check so another candidate wins at once.
 
-        Idempotent. The delete is tried for up to one lease (a revision the node missed
-        is looked up and used); if it fails the record simply expires.
+        Idempotent. The delete is tried for up to one lease while the connection is open
+        (a revision the node missed is looked up and used); if it fails the record
+        simply expires. Exit before closing the connection, or the others wait for the
+        expiry.
         """
         if self._closed:
             return
@@ -595,7 +602,7 @@ class LeaderElection:
 
     async def _release(self, revision: int) -> None:
         deadline = time.monotonic() + self._lease
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._nc.is_closed:
             try:
                 # kv.delete(key, last=revision), with the answer's error decoded
                 await self._publish(b"", {_KV_OPERATION: "DEL"}, revision, self._poll_every)
