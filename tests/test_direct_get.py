@@ -22,6 +22,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from aether import ActorSnapshot
 from aether.store import JetStreamConfig, JetStreamEventStore, _replay
 from aether.testing import NatsServer
 
@@ -47,22 +48,64 @@ async def write(store: JetStreamEventStore, actor: str, count: int) -> None:
         await store.save_events([ev(actor, v) for v in range(first, min(first + 100, count + 1))])
 
 
+class DirectSpy:
+    """Counts the direct gets a store sends."""
+
+    def __init__(self, store: JetStreamEventStore) -> None:
+        self.sent = 0
+        real = store._replay.direct.batch
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            self.sent += 1
+            return await real(*args, **kwargs)
+
+        store._replay.direct.batch = counting  # type: ignore[method-assign]
+
+
 async def test_short_histories_load_without_a_consumer(
-    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+    open_store: StoreFactory, nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With batches of 8: up to 16 events (two full batches) need no consumer; 17 need
-    one for the part after the first batch, as do histories that a direct answer cut short
-    by its bytes."""
-    store = await open_store(config=JetStreamConfig(direct_batch_size=8))
-    spy = ConsumerSpy(monkeypatch)
-    expected_consumers = {0: 0, 1: 0, 7: 0, 8: 0, 9: 0, 16: 0, 17: 1, 40: 1}
+    """With batches of 8, read by a store that has not seen the actors (cold cache): up
+    to 8 events need one direct get and no consumer; longer histories go on with one
+    consumer for the part after the first batch."""
+    writer = await open_store(config=JetStreamConfig(direct_batch_size=8))
+    reader = await open_store(writer.stream_name, JetStreamConfig(direct_batch_size=8))
+    spy, direct = ConsumerSpy(monkeypatch), DirectSpy(reader)
+    expected_consumers = {0: 0, 1: 0, 7: 0, 8: 0, 9: 1, 17: 1, 40: 1}
     for length, consumers in expected_consumers.items():
         actor = f"len-{length}"
-        await write(store, actor, length)
-        await store.save_event(ev("other", length + 1))  # interleaved subjects
-        before = spy.created
-        assert [e.version for e in await store.get_events(actor)] == list(range(1, length + 1))
-        assert spy.created - before == consumers, length
+        await write(writer, actor, length)
+        await writer.save_event(ev("other", length + 1))  # interleaved subjects
+        before, sent = spy.created, direct.sent
+        assert [e.version for e in await reader.get_events(actor)] == list(range(1, length + 1))
+        assert (spy.created - before, direct.sent - sent) == (consumers, 1), length
+
+
+async def test_a_history_the_cache_knows_to_be_long_starts_with_a_consumer(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version cache only picks the way to read: a history it knows to be longer
+    than a direct batch skips the direct get; one it believes short but that grew
+    meanwhile (another writer) is still read whole."""
+    store = await open_store(config=JetStreamConfig(direct_batch_size=8))
+    other = await open_store(store.stream_name)
+    spy, direct = ConsumerSpy(monkeypatch), DirectSpy(store)
+    await write(store, "long", 14)
+    await store.save_snapshot(ActorSnapshot("long", 14, {}))  # records event 14's position
+    await store.save_events([ev("long", v) for v in range(15, 21)])  # the cache knows 20
+    assert [e.version for e in await store.get_events("long")] == list(range(1, 21))
+    assert (spy.created, direct.sent) == (1, 0)
+    # From version 15 the seek starts at the beginning (cheaper than searching): still
+    # 20 events to read, a consumer.
+    assert [e.version for e in await store.get_events("long", 15)] == list(range(15, 21))
+    assert (spy.created, direct.sent) == (2, 0)
+    # The snapshot's remembered position puts the start at version 15: 6 events, direct.
+    assert (await store.get_latest_snapshot("long")) is not None
+    assert [e.version for e in await store.get_events("long", 15)] == list(range(15, 21))
+    assert (spy.created, direct.sent) == (2, 1)
+    await write(store, "grows", 3)  # the cache believes 3 ...
+    await other.save_events([ev("grows", v) for v in range(4, 31)])  # ... there are 30
+    assert [e.version for e in await store.get_events("grows")] == list(range(1, 31))
 
 
 async def test_direct_loads_equal_consumer_loads(open_store: StoreFactory) -> None:

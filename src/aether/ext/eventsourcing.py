@@ -90,6 +90,7 @@ from aether.store._jsapi import (
 )
 from aether.store._replay import Replayer
 from aether.store._subjects import encode_actor_id
+from aether.store.config import JetStreamConfig
 
 __all__ = [
     "Factory",
@@ -108,8 +109,11 @@ T = TypeVar("T")
 # version (i64) | topic (u16 length + UTF-8) | [tracking: u16 length + UTF-8 name, i64 id]
 # | state (the rest)
 
-#: The most notifications one read asks for at once (a direct get, or a pull).
+#: The most notifications one read asks for at once (a pull).
 _MAX_BATCH = 1_000
+#: Messages of the direct get a read starts with: the store's default (see
+#: JetStreamConfig.direct_batch_size for why it is small).
+_DIRECT_BATCH = JetStreamConfig.direct_batch_size
 _UUID_ID = 1
 _TRACKED = 2
 _U16 = struct.Struct(">H")
@@ -521,9 +525,10 @@ class JetStreamAggregateRecorder(_Recorder, AggregateRecorder):
     async def _messages(
         self, subject: str, start_seq: int = 1, batch: int = 500
     ) -> AsyncIterator[StoredMsg]:
-        """The stream's messages on *subject* (a filter) from *start_seq* on: batched
-        direct gets of *batch* first (the streams have ``allow_direct``), a consumer for
-        what is left past two batches (see :meth:`Replayer.iter_subject`)."""
+        """The stream's messages on *subject* (a filter) from *start_seq* on: one batched
+        direct get first (the streams have ``allow_direct``; at most *batch* messages, and
+        no more than aether's store asks for at once), a consumer pulling *batch* at a
+        time for what is left (see :meth:`Replayer.iter_subject`)."""
         replicated = self._conn.streams.get(self._stream, 1) > 1
         items = self._conn.replay.iter_subject(
             self._stream,
@@ -531,7 +536,7 @@ class JetStreamAggregateRecorder(_Recorder, AggregateRecorder):
             start_seq=start_seq,
             batch=batch,
             replicated=replicated,
-            direct_batch=batch,
+            direct_batch=min(batch, _DIRECT_BATCH),
         )
         async with contextlib.aclosing(items):
             async for msg in items:

@@ -90,11 +90,13 @@ class Replayer:
         fetched from the leader: a replay reflects every write acknowledged before it began.
 
         With *direct_batch* > 0 (for a stream with ``allow_direct``), the first messages
-        come from batched direct gets of that many (:mod:`aether.store._direct`), with
+        come from one batched direct get of that many (:mod:`aether.store._direct`), with
         no consumer: a subject with at most *direct_batch* messages from *start_seq*
-        costs one request, and a consumer is created only for what is left once that is
-        more than one more batch. A direct get that gets no answer at all (e.g. not
-        permitted) is not tried again on this stream. A direct answer is taken as
+        costs one request, and a consumer is created only for what is left after it. (A
+        direct answer costs the client about twice as much per message as a consumer's
+        delivery, for its extra headers, so it pays for short histories only: see
+        ``JetStreamConfig.direct_batch_size``.) A direct get that gets no answer at all
+        (e.g. not permitted) is not tried again on this stream. A direct answer is taken as
         complete only from the stream itself on a single replica; from a follower or a
         mirror (``mirror_direct``), or a "none" on a stream that may have mirrors, the
         leader's last sequence bounds it and the rest is fetched from the leader, as
@@ -115,20 +117,15 @@ class Replayer:
             leader_last = ask_leader()
         try:
             pending: int | None = None  # messages left from next_seq; None: not known
-            direct = direct_batch > 0 and stream not in self._no_direct
-            while direct:
+            if direct_batch > 0 and stream not in self._no_direct:
                 answer = await self._direct_batch(stream, subject, next_seq, direct_batch)
-                if answer is None:
-                    break  # no usable answer: the consumer below takes over
-                if leader_last is None and answer.answered_by != stream:
-                    leader_last = ask_leader()  # a mirror's answer, or an unattributed "none"
-                for msg in answer.messages:
-                    next_seq = msg.seq + 1
-                    yield msg
-                pending = answer.pending
-                # One more batch only if it brings all that is left: the answer was full
-                # by count (not cut short by its bytes) and no more than a batch is left.
-                direct = 0 < pending <= direct_batch == len(answer.messages)
+                if answer is not None:  # else the consumer below does it all
+                    if leader_last is None and answer.answered_by != stream:
+                        leader_last = ask_leader()  # a mirror's, or an unattributed "none"
+                    for msg in answer.messages:
+                        next_seq = msg.seq + 1
+                        yield msg
+                    pending = answer.pending
             while pending != 0:
                 consumer = await self._create_consumer(stream, subject, next_seq)
                 if consumer is None:

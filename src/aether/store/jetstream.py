@@ -713,7 +713,16 @@ class JetStreamEventStore:
         _rules.check_read(actor_id, from_version)
         subject = self.subject_for(actor_id)
         start = await self._seek(actor_id, subject, from_version)
-        return self._decoded(actor_id, subject, start)
+        direct_batch = self._direct_batch
+        cached = self._cache.get(actor_id)
+        # Events to read: from the seek's start (at from_version, unless it chose the
+        # beginning as cheaper), as far as the cache knows.
+        first = max(from_version, 1) if start > 1 else 1
+        if cached is not None and cached.version - first >= direct_batch:
+            # Known to be longer than a direct get brings: a consumer from the start. (The
+            # cache only picks the way to read; what is read is the server's answer.)
+            direct_batch = 0
+        return self._decoded(actor_id, subject, start, direct_batch)
 
     async def _seek(self, actor_id: str, subject: str, from_version: int) -> int:
         """The stream sequence to replay from so as to see every ``version >= from_version``:
@@ -749,16 +758,18 @@ class JetStreamEventStore:
         return config.direct_batch_size if config.direct_get and self._settings.allow_direct else 0
 
     async def _decoded(
-        self, actor_id: str, subject: str, start_seq: int = 1
+        self, actor_id: str, subject: str, start_seq: int = 1, direct_batch: int | None = None
     ) -> AsyncGenerator[Event | ReplayError, None]:
-        """Every message on the actor's subject from *start_seq*, decoded."""
+        """Every message on the actor's subject from *start_seq*, decoded; the replay
+        starts with a direct get of *direct_batch* (default: the configured one; 0: no
+        direct get)."""
         messages = self._replay.iter_subject(
             self._stream,
             subject,
             start_seq=start_seq,
             batch=self._config.replay_batch_size,
             replicated=self._replicated,
-            direct_batch=self._direct_batch,
+            direct_batch=self._direct_batch if direct_batch is None else direct_batch,
         )
         try:
             async with contextlib.aclosing(messages):
