@@ -1,6 +1,6 @@
 """One ClusterManager node in its own OS process, for tests/test_cluster_manager.py.
 
-    python -m tests._cluster_node --url URL --group G --node n1 --log n1.jsonl [...]
+    python -m tests._cluster_node --url URL[,URL...] --group G --node n1 --log n1.jsonl [...]
 
 Appends one JSON line per event to ``--log``, each written with a single ``write`` on a
 file opened with ``O_APPEND`` (so a SIGKILL leaves whole lines only):
@@ -48,7 +48,7 @@ class Log:
 
 async def run(args: argparse.Namespace) -> None:
     log = Log(args.log)
-    nc = await nats.connect(args.url, max_reconnect_attempts=-1)
+    nc = await nats.connect(servers=args.url.split(","), max_reconnect_attempts=-1)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     manager: ClusterManager | None = None
@@ -91,6 +91,7 @@ async def run(args: argparse.Namespace) -> None:
         lease=args.lease,
         heartbeat_interval=args.heartbeat,
         failure_timeout=args.failure_timeout,
+        replicas=args.replicas,
         handler=handler,
         on_shards_changed=on_change,
     )
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--heartbeat", type=float, default=0.25)
     parser.add_argument("--failure-timeout", type=float, default=1.0)
     parser.add_argument("--release-delay", type=float, default=0.0)
+    parser.add_argument("--replicas", type=int, default=1)
     asyncio.run(run(parser.parse_args()))
 
 

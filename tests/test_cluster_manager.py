@@ -34,6 +34,7 @@ from aether.cluster._manager import ClusterManager, NotOwnerError, ShardRouter, 
 from aether.cluster._placement import place
 from aether.cluster._routing import ClusterConfigError
 from aether.cluster._shards import ShardManager
+from aether.testing import NatsCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 NUM_SHARDS = 64
@@ -211,6 +212,34 @@ def cluster(nats_url: str, tmp_path: Path) -> Iterator[Cluster]:
             node.proc.wait()
 
 
+def test_the_checker_finds_a_shard_held_twice(tmp_path: Path) -> None:
+    """The checker itself: overlapping holds fail it, a lease expiry ends a hold at ``at``,
+    a killed node's hold ends at the kill."""
+    cluster = Cluster("nats://unused", "g", tmp_path)
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+
+    def node(name: str, *events: dict[str, Any], killed_at: float | None = None) -> None:
+        log = tmp_path / f"{name}.jsonl"
+        log.write_text("".join(json.dumps(e) + "\n" for e in events))
+        cluster.nodes[name] = Node(name, log, done, killed_at)
+
+    def acquire(t: float, *shards: int) -> dict[str, Any]:
+        return {"ev": "acquire", "t": t, "shards": list(shards), "version": 1}
+
+    def release(t: float, *shards: int, at: float | None = None) -> dict[str, Any]:
+        expired = at is not None
+        at = t if at is None else at
+        return {"ev": "release", "t": t, "at": at, "shards": list(shards), "expired": expired}
+
+    node("a", acquire(1.0, 0, 1), release(5.0, 0, at=2.0), killed_at=6.0)
+    node("b", acquire(3.0, 0), acquire(7.0, 1))
+    assert cluster.check_no_shard_held_twice() == 4  # a: 1-2 and 1-6, b: 3-inf and 7-inf
+    node("c", acquire(4.0, 1))  # a still held shard 1 until it was killed at 6
+    with pytest.raises(AssertionError, match="shard 1"):
+        cluster.check_no_shard_held_twice()
+
+
 # -- membership changes ------------------------------------------------------------------------
 
 
@@ -281,6 +310,31 @@ async def test_a_leader_killed_during_a_rebalance_is_taken_over(cluster: Cluster
         # (n4 gets some from each: the slow releases it started were completed).
         assert after[name] - before[name] <= before[leader]
     assert cluster.check_no_shard_held_twice() > NUM_SHARDS
+
+
+@pytest.mark.cluster
+@pytest.mark.fault
+async def test_on_a_jetstream_cluster_with_replicated_buckets(
+    nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """Each node on its own server of a 3-node JetStream cluster, R3 buckets: a reader may
+    be a replica, the placement's writes still go through the stream leader."""
+    cluster = Cluster("", f"t{uuid.uuid4().hex[:10]}", tmp_path)
+    try:
+        for i, name in enumerate(("n1", "n2", "n3")):
+            urls = nats_cluster.urls[i:] + nats_cluster.urls[:i]  # its own server first
+            cluster.url = ",".join(urls)
+            cluster.start(name, "--replicas", "3")
+        before = await cluster.wait_converged({"n1", "n2", "n3"})
+        cluster.kill("n2")
+        after = await cluster.wait_converged({"n1", "n3"})
+        assert before["n1"] <= after["n1"] and before["n3"] <= after["n3"]
+        assert cluster.check_no_shard_held_twice() > NUM_SHARDS
+    finally:
+        for node in cluster.nodes.values():
+            if node.proc.poll() is None:
+                node.proc.kill()
+            node.proc.wait()
 
 
 # -- routing -------------------------------------------------------------------------------------

@@ -100,6 +100,7 @@ from aether.cluster._routing import (
 )
 
 __all__ = [
+    "Assignment",
     "ClusterConfigError",
     "ClusterError",
     "ClusterManager",
@@ -107,12 +108,20 @@ __all__ = [
     "HandlerError",
     "NotOwnerError",
     "RequestTimeoutError",
+    "Revocation",
     "RoutingError",
     "ShardRouter",
     "ShardsChanged",
 ]
 
 _log = logging.getLogger("aether.cluster")
+
+#: Failures that a retry may cure (a server or a stream leader being elected).
+_TRANSIENT = (
+    TimeoutError,  # nats.errors.TimeoutError too
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 #: ``async def handler(actor_id: str, payload: bytes) -> bytes``
 Handler = Callable[[str, bytes], Awaitable[bytes]]
@@ -398,10 +407,7 @@ class ClusterManager:
     async def __aenter__(self) -> ClusterManager:
         if self._running or self._closed:
             raise RuntimeError("a ClusterManager can be entered once")
-        self._kv = await open_bucket(
-            self._nc, self._group, replicas=self._replicas, request_timeout=self._timeout
-        )
-        await self._view.refresh(self._kv)
+        await self._open_state()
         latest = self._view.latest
         if latest is not None and latest.num_shards != self._num_shards:
             raise ClusterConfigError(
@@ -413,7 +419,8 @@ class ClusterManager:
             self._sub = await self._nc.subscribe(
                 node_subject(self._group, self._node_id), cb=self._on_request
             )
-            await self._register()
+            with contextlib.suppress(*_TRANSIENT):
+                await self._register()  # else the renewal task registers
             wake = self._leader_wake.set
             self._discovery = NodeDiscovery(
                 self._nc,
@@ -435,6 +442,7 @@ class ClusterManager:
             )
             await self._election.__aenter__()
             self._view_listener()
+            assert self._kv is not None
             self._tasks = [
                 asyncio.create_task(self._view.follow(self._kv, self._renew_every)),
                 asyncio.create_task(self._renew_loop()),
@@ -448,6 +456,27 @@ class ClusterManager:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._close()
+
+    async def _open_state(self) -> None:
+        """Bind (or create) the bucket and read the placement, retrying timeouts and
+        missing responders for ``max(10 s, 5 leases)``: a replicated bucket just created
+        elects its stream leader first."""
+        deadline = time.monotonic() + max(10.0, 5 * self._lease)
+        while True:
+            try:
+                if self._kv is None:
+                    self._kv = await open_bucket(
+                        self._nc,
+                        self._group,
+                        replicas=self._replicas,
+                        request_timeout=self._timeout,
+                    )
+                await self._view.refresh(self._kv)
+                return
+            except _TRANSIENT:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(self._renew_every)
 
     def _view_listener(self) -> None:
         """Wake the applier and the leader whenever the view takes a newer version."""
@@ -849,6 +878,14 @@ class ClusterManager:
                 due = min(due, record.seen + self._fence_after - now)
 
         live = {n for n, r in records.items() if r.state == "up"}
+        for node in sorted(self._discovery.members - live):
+            # A member whose record the watch has not shown (yet, or ever: a watch that
+            # stalled after a reconnect): read it, so it is not left without shards.
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                entry = await self._kv.get(self._key(node))
+                self._note_record(records, node, entry.revision or 0, entry.value, None)
+                if records[node].state == "up":
+                    live.add(node)
         target = place(self._discovery.members & live, self._num_shards)
         step = next_assignment(stored, target, released=released, term=term, leader=self._node_id)
         if step is stored or not self._election.is_leader or self._election.term != term:

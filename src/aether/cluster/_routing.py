@@ -297,16 +297,17 @@ class ShardRouter:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ShardRouter:
-        """Bind the group's bucket (waiting for it while no manager has created it yet)
-        and start following the placement."""
+        """Bind the group's bucket (waiting for it while no manager has created it yet:
+        bound it with :func:`asyncio.timeout`) and start following the placement."""
         while self._kv is None:
             try:
                 self._kv = await open_bucket(
                     self._nc, self._group, replicas=1, request_timeout=2.0, create=False
                 )
-            except nats.js.errors.BucketNotFoundError:
+            except (nats.js.errors.BucketNotFoundError, TimeoutError):
                 await asyncio.sleep(self._poll)
-        await self._view.refresh(self._kv)
+        with contextlib.suppress(TimeoutError, nats.errors.NoRespondersError):
+            await self._view.refresh(self._kv)  # else the follower reads it
         self._task = asyncio.create_task(self._view.follow(self._kv, self._poll))
         return self
 
