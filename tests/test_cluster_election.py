@@ -239,6 +239,8 @@ async def test_wait_for_change_and_callbacks(nats_url: str) -> None:
         {"node_id": ""},
         {"node_id": "a.b"},
         {"group": "a b"},
+        {"group": "a.b"},
+        {"group": "é"},
         {"lease": timedelta(0)},
         {"margin": timedelta(seconds=2)},
     ],

@@ -91,6 +91,7 @@ import json
 import logging
 import math
 import secrets
+import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,6 +118,8 @@ _KV_OPERATION = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"
 #: JetStream error codes of a failed expected-last-subject-sequence check.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
+#: Characters of a KV key this module accepts as a group name (no ``.``: one token).
+_KEY_CHARS = frozenset(string.ascii_letters + string.digits + "-_=/")
 #: How long the server keeps its expiry marker (only watchers need it).
 _MARKER_TTL = 60.0
 #: nats-server supports per-message TTLs (ADR-43) from this version on.
@@ -218,7 +221,7 @@ class LeaderElection:
         on_deposed: Callable[[int], object] | None = None,
     ) -> None:
         check_token("node_id", node_id)
-        if not group or not all(c.isalnum() or c in "-_=/" for c in group):
+        if not group or not set(group) <= _KEY_CHARS:
             raise ValueError(f"group must be a KV key ([-_=/A-Za-z0-9]+), got {group!r}")
         seconds = lease.total_seconds()
         if seconds <= 0:
@@ -631,9 +634,10 @@ class LeaderElection:
                         continue  # "caught up" marker
                     if entry.operation is None:
                         record = _parse(entry.revision, entry.value, None)
-                        if record.token != self._token:
-                            # Another record proves ours is gone: stop leading now if
-                            # the clock has not stopped us already.
+                        if record.token != self._token and record.revision > self._revision:
+                            # A later record of another node proves ours is gone: stop
+                            # leading now if the clock has not stopped us already. (An
+                            # older one is a lagging watch's news, and is ignored.)
                             self._step_down("another node's record appeared")
                             self._observe(record.node, record.term)
                     elif self._valid_until is None:
