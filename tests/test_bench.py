@@ -45,6 +45,8 @@ TINY = Sizes(
     hot_successes=3,
     hot_rounds=1,
     latency_calls=3,
+    load_lengths=(1, 10),
+    load_calls=2,
     replay_rounds=1,
     long_replay_rounds=1,
     long_history=10,
@@ -103,6 +105,7 @@ async def test_suite_runs_every_workload_and_writes_results(nats_url: str, tmp_p
     # Every baseline family ran: raw nats-py and eventsourcing on SQLite.
     series = {key for w in data["workloads"] for p in w["points"] for key in p["series"]}
     assert {"raw.publish_async", "raw.js_publish", "raw.pull", "es_sqlite.decode"} <= series
+    assert {"aether.get_events", "es_sqlite.repository_get"} <= series  # the load workload
     # ... and the read side's and the bus's: aether's own reads, asyncio, raw core NATS.
     assert {
         "aether.get_events.one_actor",
@@ -123,8 +126,9 @@ async def test_suite_runs_every_workload_and_writes_results(nats_url: str, tmp_p
             assert target["value"] is None and target["passed"] is None, target_id
         else:
             assert target["value"] is not None and target["passed"] in (True, False)
-    es_lines = [t for t in targets if t.endswith("_vs_postgres")]
+    es_lines = [t for t in targets if t.startswith("eventsourcing_")]
     assert len(es_lines) == 6  # app.save x2, repository.get x2, notification log x2
+    assert {"load_1_vs_round_trip", "load_10_vs_round_trip", "load_10_vs_postgres"} <= set(targets)
     # The eventsourcing module's workloads ran against SQLite, line by line.
     for workload in data["workloads"]:
         if workload["id"] in ES_WORKLOADS:
@@ -141,7 +145,12 @@ async def test_suite_runs_every_workload_and_writes_results(nats_url: str, tmp_p
     for title in WORKLOADS.values():
         assert f"### {title}" in markdown
 
-    for name in ("latest_version_latency", "replay_throughput", "append_throughput"):
+    for name in (
+        "latest_version_latency",
+        "load_latency",
+        "replay_throughput",
+        "append_throughput",
+    ):
         path = tmp_path / f"{name}.png"
         assert result.files[name] == path
         assert path.read_bytes()[:8] == PNG_MAGIC
