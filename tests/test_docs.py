@@ -31,7 +31,7 @@ README = ROOT / "README.md"
 #: Pages written by hand: their Python blocks must compile.
 HAND_WRITTEN = ["index.md", "concepts.md", "howto/fastapi.md", "howto/multiple-writers.md"]
 HAND_WRITTEN += ["howto/cluster.md", "howto/testing.md", "howto/event-bus.md"]
-HAND_WRITTEN += ["howto/read-side.md"]
+HAND_WRITTEN += ["howto/read-side.md", "howto/placement.md"]
 HAND_WRITTEN += ["howto/eventsourcing.md"]
 
 

@@ -196,7 +196,8 @@ class LeaderElection:
             An existing bucket is used as it is.
         margin: how long before ``sent + lease`` a leader stops believing it leads;
             default ``lease / 10``. Must be less than a third of the lease.
-        on_elected, on_deposed: see above.
+        on_elected: called with the term when this node becomes leader (see above).
+        on_deposed: called with the term when it stops being leader (see above).
 
     Raises:
         ValueError: (constructor) a bad ``node_id``, ``group``, ``lease`` or ``margin``.
