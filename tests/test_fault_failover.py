@@ -148,11 +148,11 @@ async def test_replay_tops_up_what_a_lagging_replica_did_not_deliver(
 
         async def lagging_drain(
             stream: str, name: str, pending: int, batch: int
-        ) -> AsyncGenerator[StoredMsg, None]:
+        ) -> AsyncGenerator[list[StoredMsg], None]:
             nonlocal truncated
             truncated += 1
-            async for msg in real_drain(stream, name, min(pending, 30), batch):
-                yield msg
+            async for messages in real_drain(stream, name, min(pending, 30), batch):
+                yield messages
 
         replayer._drain = lagging_drain  # type: ignore[method-assign]
         assert [e.id for e in await store.get_events("acc")] == [e.id for e in events]

@@ -567,11 +567,12 @@ class JetStreamEventStore:
     async def _landed_after(self, append: PendingAppend, after_seq: int) -> int:
         """The stream sequence of *append*'s last event if it is stored after *after_seq*
         (same actor, id and version), else 0: did an attempt of ours that timed out land?"""
-        items = self._decoded(append.actor_id, append.subject, after_seq + 1)
-        async with contextlib.aclosing(items):
-            async for item in items:
-                if isinstance(item, Event) and append.is_event(item):
-                    return item.position or 0
+        batches = self._decoded(append.actor_id, append.subject, after_seq + 1)
+        async with contextlib.aclosing(batches):
+            async for items in batches:
+                for item in items:
+                    if isinstance(item, Event) and append.is_event(item):
+                        return item.position or 0
         return 0
 
     def _check_size(self, payload: bytes, msg_id: str = "") -> None:
@@ -675,11 +676,12 @@ class JetStreamEventStore:
         Leaving the loop early releases the server-side consumer once the iterator is
         closed (``contextlib.aclosing``, or garbage collection).
         """
-        items = await self._messages_from(actor_id, from_version)
-        async with contextlib.aclosing(items):
-            async for item in items:
-                if isinstance(item, Event) and item.version >= from_version:
-                    yield item
+        batches = await self._messages_from(actor_id, from_version)
+        async with contextlib.aclosing(batches):
+            async for items in batches:
+                for item in items:
+                    if isinstance(item, Event) and item.version >= from_version:
+                        yield item
 
     async def iter_events_with_errors(
         self, actor_id: str, from_version: int = 0
@@ -688,15 +690,25 @@ class JetStreamEventStore:
         stream order: :meth:`get_events_with_errors` streamed, in bounded memory. With
         ``from_version > 1`` the replay may start past older messages, whose errors are
         then not reported."""
-        items = await self._messages_from(actor_id, from_version)
-        async with contextlib.aclosing(items):
-            async for item in items:
-                if isinstance(item, ReplayError) or item.version >= from_version:
-                    yield item
+        batches = await self._messages_from(actor_id, from_version)
+        async with contextlib.aclosing(batches):
+            async for items in batches:
+                for item in items:
+                    if isinstance(item, ReplayError) or item.version >= from_version:
+                        yield item
 
     async def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
         """:meth:`iter_events` as a list (the whole history in memory)."""
-        return [event async for event in self.iter_events(actor_id, from_version)]
+        events: list[Event] = []
+        batches = await self._messages_from(actor_id, from_version)
+        async with contextlib.aclosing(batches):
+            async for items in batches:  # a list at a time: no generator step per event
+                events += [
+                    item
+                    for item in items
+                    if isinstance(item, Event) and item.version >= from_version
+                ]
+        return events
 
     async def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
         """The events with ``version >= from_version`` and a ReplayError per malformed
@@ -708,8 +720,9 @@ class JetStreamEventStore:
 
     async def _messages_from(
         self, actor_id: str, from_version: int
-    ) -> AsyncGenerator[Event | ReplayError, None]:
-        """The decoded messages of the actor's subject from where *from_version* starts."""
+    ) -> AsyncGenerator[list[Event | ReplayError], None]:
+        """The decoded messages of the actor's subject from where *from_version* starts,
+        in the lists the replay hands over (see :meth:`Replayer.iter_batches`)."""
         _rules.check_read(actor_id, from_version)
         subject = self.subject_for(actor_id)
         start = await self._seek(actor_id, subject, from_version)
@@ -759,11 +772,11 @@ class JetStreamEventStore:
 
     async def _decoded(
         self, actor_id: str, subject: str, start_seq: int = 1, direct_batch: int | None = None
-    ) -> AsyncGenerator[Event | ReplayError, None]:
-        """Every message on the actor's subject from *start_seq*, decoded; the replay
-        starts with a direct get of *direct_batch* (default: the configured one; 0: no
-        direct get)."""
-        messages = self._replay.iter_subject(
+    ) -> AsyncGenerator[list[Event | ReplayError], None]:
+        """Every message on the actor's subject from *start_seq*, decoded, a list at a
+        time; the replay starts with a direct get of *direct_batch* (default: the
+        configured one; 0: no direct get)."""
+        batches = self._replay.iter_batches(
             self._stream,
             subject,
             start_seq=start_seq,
@@ -772,9 +785,9 @@ class JetStreamEventStore:
             direct_batch=self._direct_batch if direct_batch is None else direct_batch,
         )
         try:
-            async with contextlib.aclosing(messages):
-                async for msg in messages:
-                    yield _decode(msg, actor_id)
+            async with contextlib.aclosing(batches):
+                async for messages in batches:
+                    yield [_decode(msg, actor_id) for msg in messages]
         except StreamNotFoundError:
             self._forget()
             raise
