@@ -269,11 +269,7 @@ def evaluate_targets(result: SuiteResult, sizes: Sizes) -> list[Target]:
     """The goals, each a ratio to a baseline of the same run, with an honest comment."""
     longest = max(sizes.history_lengths)
     lengths = _throughput_lengths(sizes)
-    span = (
-        f"{lengths[0]:,} events"
-        if len(lengths) == 1
-        else f"{lengths[0]:,} to {lengths[-1]:,} events (worst length)"
-    )
+    span = _span(lengths)
     targets = [
         Target(
             "pipelined_vs_publish_async",
@@ -314,6 +310,23 @@ def evaluate_targets(result: SuiteResult, sizes: Sizes) -> list[Target]:
             "min",
             1.5,
             primary=False,
+        ),
+        Target(
+            "long_replay_vs_ceiling",
+            f"replay of {_span(_long_lengths(sizes))}: get_events vs the nats-py counting ceiling",
+            "replay",
+            "min",
+            0.8,
+            primary=True,
+        ),
+        Target(
+            "snapshot_tail_vs_es_sqlite",
+            f"snapshot + {sizes.snapshot_tail:,} events on a {longest:,}-event actor vs "
+            "eventsourcing SQLite repository.get with a snapshot",
+            "snapshot_tail",
+            "min",
+            1.0,
+            primary=True,
         ),
         Target(
             "catchup_vs_get_events",
@@ -433,6 +446,21 @@ def _judge(target: Target, result: SuiteResult, longest: int, lengths: list[int]
         target, result, "raw.ordered", lengths
     ):
         target.comment = _per_length(result, "raw.ordered") + "."
+    elif target.id == "long_replay_vs_ceiling":
+        x = _judge_replay(target, result, "raw.pull", _long_lengths_run(result))
+        if x:
+            ceiling = _value(result, "replay", x, "raw.pull")
+            aether = _value(result, "replay", x, "aether.get_events")
+            if ceiling and aether:
+                target.comment = (
+                    f"At {x:,} events: nats-py alone (a pull consumer counting messages) "
+                    f"{1e6 / ceiling:.1f} µs per event, aether {1e6 / aether - 1e6 / ceiling:.1f} "
+                    "µs more (its pull loop, decoding and validating each Event)."
+                )
+    elif target.id == "snapshot_tail_vs_es_sqlite":
+        target.value = _ratio(
+            result, "snapshot_tail", longest, "aether.snapshot_tail", "es_sqlite.snapshot_tail"
+        )
     elif target.id == "catchup_vs_get_events":
         _judge_catchup(target, result)
     elif target.id == "live_vs_round_trip":
@@ -481,6 +509,23 @@ def _judge_live(target: Target, result: SuiteResult) -> None:
         f" µs (p50; negative: before the ack, {live.extra['before_ack_share']:.0%} of the "
         "appends): the server sends the ack and the delivery together."
     )
+
+
+def _span(lengths: list[int]) -> str:
+    if len(lengths) == 1:
+        return f"{lengths[0]:,} events"
+    return f"{lengths[0]:,} to {lengths[-1]:,} events (worst length)"
+
+
+def _long_lengths(sizes: Sizes) -> list[int]:
+    """The lengths a long replay is judged on: 10,000 events and more, or the longest."""
+    lengths = [x for x in sizes.history_lengths if x >= 10_000]
+    return lengths or [max(sizes.history_lengths)]
+
+
+def _long_lengths_run(result: SuiteResult) -> list[int]:
+    lengths = _lengths_run(result)
+    return [x for x in lengths if x >= 10_000] or lengths[-1:]
 
 
 def _throughput_lengths(sizes: Sizes) -> list[int]:
