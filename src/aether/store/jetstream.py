@@ -71,7 +71,7 @@ from aether.store._jsapi import (
 )
 from aether.store._provision import StreamSettings, check_duplicate_window, find, provision
 from aether.store._replay import Replayer
-from aether.store._seek import Found, ReadAt, ReadLast, ReadNext, Start, seek
+from aether.store._seek import Found, Mark, ReadAt, ReadLast, ReadNext, Start, seek
 from aether.store._snapshots import SnapshotStream, pause_if_in_flight
 from aether.store._subjects import SNAPSHOTS_SUFFIX, encode_actor_id
 from aether.store._subscription import Subscription, subscribe_jetstream
@@ -725,17 +725,64 @@ class JetStreamEventStore:
         in the lists the replay hands over (see :meth:`Replayer.iter_batches`)."""
         _rules.check_read(actor_id, from_version)
         subject = self.subject_for(actor_id)
+        mark = self._snapshots.mark(actor_id)
+        if mark is not None and from_version == mark.version + 1:
+            # A snapshot's tail: read from the snapshot's own event, which checks the mark
+            # in the same request (instead of the seek's one read before the replay).
+            return self._after_mark(actor_id, subject, from_version, mark)
         start = await self._seek(actor_id, subject, from_version)
+        return self._decoded(
+            actor_id, subject, start, self._direct_batch_for(actor_id, start, from_version)
+        )
+
+    def _direct_batch_for(self, actor_id: str, start: int, from_version: int) -> int:
+        """The direct get a replay from *start* begins with: none if the version cache
+        knows more events are to be read than one brings, so that the consumer starts
+        at once. (The cache only picks the way to read; what is read is the server's.)"""
         direct_batch = self._direct_batch
         cached = self._cache.get(actor_id)
-        # Events to read: from the seek's start (at from_version, unless it chose the
+        # Events to read: from the start (at from_version, unless the seek chose the
         # beginning as cheaper), as far as the cache knows.
         first = max(from_version, 1) if start > 1 else 1
         if cached is not None and cached.version - first >= direct_batch:
-            # Known to be longer than a direct get brings: a consumer from the start. (The
-            # cache only picks the way to read; what is read is the server's answer.)
-            direct_batch = 0
-        return self._decoded(actor_id, subject, start, direct_batch)
+            return 0
+        return direct_batch
+
+    async def _after_mark(
+        self, actor_id: str, subject: str, from_version: int, mark: Mark
+    ) -> AsyncGenerator[list[Event | ReplayError], None]:
+        """The replay from a snapshot's remembered position (*mark*: its event's version
+        and stream sequence), checked by its first message: the snapshot's event itself,
+        at exactly that sequence. If it is not (the stream was recreated, the subject
+        purged), the mark is forgotten and the replay starts where the seek says."""
+        batches = self._decoded(
+            actor_id, subject, mark.seq, self._direct_batch_for(actor_id, mark.seq, mark.version)
+        )
+        checked = False
+        async with contextlib.aclosing(batches):
+            async for items in batches:
+                if not checked:
+                    head = items[0]
+                    if not (
+                        isinstance(head, Event)
+                        and head.position == mark.seq
+                        and head.version == mark.version
+                    ):
+                        break  # a stale mark
+                    checked = True
+                    items = items[1:]
+                if items:
+                    yield items
+        if checked:
+            return
+        self._snapshots.forget_mark(actor_id)
+        start = await self._seek(actor_id, subject, from_version)
+        rest = self._decoded(
+            actor_id, subject, start, self._direct_batch_for(actor_id, start, from_version)
+        )
+        async with contextlib.aclosing(rest):
+            async for items in rest:
+                yield items
 
     async def _seek(self, actor_id: str, subject: str, from_version: int) -> int:
         """The stream sequence to replay from so as to see every ``version >= from_version``:
