@@ -438,6 +438,64 @@ async def test_a_single_node_owns_everything_and_serves_itself(nats_url: str) ->
         await nc.close()
 
 
+@pytest.mark.fault
+async def test_a_second_process_with_the_same_node_id_never_holds_a_shard_with_the_first(
+    nats_url: str,
+) -> None:
+    """A node id started twice (a replacement started while the old process still runs):
+    the newcomer replaces the live record, and takes no shard until the old process's lease
+    must have run out, so the two never hold a shard at the same instant."""
+    group = f"t{uuid.uuid4().hex[:10]}"
+    holds: dict[str, list[tuple[float, float]]] = {"first": [], "second": []}
+    started: dict[str, float] = {}
+    first_expired = asyncio.Event()
+
+    def on_change(label: str) -> Callable[[ShardsChanged], Any]:
+        async def record(change: ShardsChanged) -> None:
+            # One shard group throughout (a single node id owns every shard): a gain
+            # opens the hold, a loss closes it.
+            if change.gained:
+                started[label] = change.at
+            if change.lost:
+                holds[label].append((started.pop(label), change.at))
+                if label == "first" and change.expired:
+                    first_expired.set()
+
+        return record
+
+    settings: dict[str, Any] = {
+        "num_shards": 8,
+        "group": group,
+        "lease": 1.0,
+        "heartbeat_interval": 0.25,
+        "failure_timeout": 1.0,
+    }
+    nc1, nc2 = await nats.connect(nats_url), await nats.connect(nats_url)
+    try:
+        first = ClusterManager(nc1, "twin", on_shards_changed=on_change("first"), **settings)
+        second = ClusterManager(nc2, "twin", on_shards_changed=on_change("second"), **settings)
+        async with first:
+            async with asyncio.timeout(TIMEOUT):
+                assert await first.wait_for_shards() == frozenset(range(8))
+            async with second:
+                # The first loses its record (and so its shards) to the second.
+                async with asyncio.timeout(TIMEOUT):
+                    await first_expired.wait()
+                await first.__aexit__(None, None, None)
+                # Alone again: the second ends up with every shard.
+                async with asyncio.timeout(TIMEOUT):
+                    assert await second.wait_for_shards() == frozenset(range(8))
+                for label in ("first", "second"):
+                    if label in started:
+                        holds[label].append((started[label], math.inf))
+                for start_a, end_a in holds["first"]:
+                    for start_b, end_b in holds["second"]:
+                        assert end_a <= start_b or end_b <= start_a, (holds, "held twice")
+    finally:
+        await nc1.close()
+        await nc2.close()
+
+
 def test_bad_settings_are_refused() -> None:
     nc: Any = object()
     for kwargs in ({"group": "a.b"}, {"num_shards": 0}, {"lease": 0}, {"failure_timeout": 0.5}):

@@ -23,6 +23,14 @@ cannot reach NATS, or was paused past that, holds nothing when it runs again; it
 registers anew (a fresh record write, then a read of the assignment from the stream
 leader) before it takes any shard.
 
+A node that registers over a live record of *another* process with its node id (the id
+started twice: a replacement started while the old process still runs) takes no shard
+until that process's lease must have run out (``lease + lease / 4`` after it read the
+record; the other process's renewal fails from then on, its revision being gone), and
+reports ``applied`` 0 meanwhile (the other process, not it, may hold shards). Two live
+processes with one id keep replacing each other's record and neither holds anything:
+safe, and logged.
+
 The leader moves a shard in two stored steps (:func:`~aether.cluster._placement.
 next_assignment`): it **revokes** it (no owner; the old owner listed as releasing),
 waits until the old owner is known not to hold it, and only then **grants** it to the
@@ -269,6 +277,7 @@ class ClusterManager:
         self._revision = 0  # our record's revision while registered
         self._registered = False
         self._ready = False  # registered and the assignment read since
+        self._not_before = 0.0  # monotonic: no shard taken before (another process's lease)
         self._valid_until = 0.0
         self._deadline: asyncio.TimerHandle | None = None
         self._incarnation = 0  # +1 at each lapse: work started before it is void
@@ -545,12 +554,19 @@ class ClusterManager:
         self._registration += 1
         self._seq = 0
         key = self._key(self._node_id)
+        foreign = False
         try:
             entry = await self._kv.get(key)
             last: int | None = entry.revision
+            foreign = self._held_by_another(entry.value)
         except nats.js.errors.KeyNotFoundError as exc:
             last = exc.entry.revision if exc.entry is not None else None
         sent = time.monotonic()
+        if foreign:
+            # Another live process with this node id wrote that record: it may hold
+            # shards until its lease, which began before it was read, runs out.
+            self._not_before = sent + self._fence_after
+            self._applied = 0
         try:
             if last is None:
                 revision = await self._kv.create(key, self._own_value())
@@ -561,7 +577,15 @@ class ClusterManager:
         self._revision = revision
         self._registered = True
         self._extend(sent + self._lease)
-        await self._read_fresh()
+        if foreign:
+            _log.warning(
+                "cluster %s: replaced the live record of another process with this node id; "
+                "taking no shard for %.1fs (is the node id used twice?)",
+                self._node_id,
+                self._fence_after,
+            )
+        if time.monotonic() >= self._not_before:
+            await self._read_fresh()  # else the renewal loop does, once it is time
 
     async def _read_fresh(self) -> None:
         """Read the assignment from the stream leader (not a direct get, which a
@@ -625,7 +649,7 @@ class ClusterManager:
             try:
                 if not self._registered:
                     await self._register()
-                elif not self._ready:
+                elif not self._ready and time.monotonic() >= self._not_before:
                     await self._read_fresh()
                 else:
                     await self._renew()
@@ -654,7 +678,9 @@ class ClusterManager:
                 self._lapse("this node's record was deleted")
                 return
             if not self._is_ours(entry.value):
-                self._lapse("the leader fenced this node's record")
+                self._lapse(
+                    "this node's record was replaced (fenced, or the node id is used twice)"
+                )
                 return
             self._revision = entry.revision or 0  # ours and live: renew from it at once
             self._renew_wake.set()
@@ -664,6 +690,14 @@ class ClusterManager:
             self._extend(sent + self._lease)
         if time.monotonic() >= self._valid_until:
             self._lapse("the renewal was answered after the lease ran out")
+
+    def _held_by_another(self, value: bytes | None) -> bool:
+        """Whether *value* is a live record written by another process (another token)."""
+        try:
+            doc = orjson.loads(value or b"")
+            return bool(doc.get("state") == "up" and doc.get("token") != self._token)
+        except (orjson.JSONDecodeError, AttributeError):
+            return False
 
     def _is_ours(self, value: bytes | None) -> bool:
         try:
