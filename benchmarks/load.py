@@ -36,30 +36,35 @@ async def load(bench: Bench) -> WorkloadResult:
     aether: ``get_events`` (batched direct gets: one request for a history of up to
     ``direct_batch_size`` events, no consumer). One round trip: ``get_latest_version``
     of the same actor. eventsourcing: ``repository.get`` of an aggregate of as many
-    events (every event read and applied; in-process for SQLite). Calls are interleaved
-    one by one across contenders and lengths, in a new random order every time.
+    events (every event read and applied; in-process for SQLite). One length after the
+    other, calls are interleaved one by one across contenders, in a new random order
+    every time.
     """
     s = bench.sizes
     result = WorkloadResult(WID, WORKLOADS[WID], _doc(load, s))
     result.x_label = "events in the actor's history"
-    bench.progress.start(WID, result.title, s.load_calls + 50)
-    probes: list[Probe] = []
+    bench.progress.start(WID, result.title, (s.load_calls + 50) * len(s.load_lengths))
     store = bench.store
+    samples: dict[tuple[int, str], list[float]] = {}
     for length in s.load_lengths:
+        # One length at a time: the contenders of a length interleaved call by call, and
+        # no 1,000-event load (its consumer, its garbage) between two 1-event ones.
         actor = f"load-{length}"
         await populate(store, actor, length)
 
         async def count(actor: str = actor) -> int:
             return len(await store.get_events(actor))
 
-        probes.append((length, GET_EVENTS, count))
-        probes.append((length, ROUND_TRIP, _bind(store.get_latest_version, actor)))
+        probes: list[Probe] = [
+            (length, GET_EVENTS, count),
+            (length, ROUND_TRIP, _bind(store.get_latest_version, actor)),
+        ]
         for peer in bench.peers:
             aggregate = peer.create(length)
             probes.append((length, f"{peer.key}.repository_get", _sync(peer.load, aggregate)))
-    samples = await interleaved_latencies(
-        probes, s.load_calls, lambda: bench.progress.advance(WID), "events"
-    )
+        samples |= await interleaved_latencies(
+            probes, s.load_calls, lambda: bench.progress.advance(WID), "events"
+        )
     labels = {
         GET_EVENTS: "aether get_events",
         ROUND_TRIP: "aether get_latest_version (one round trip)",
