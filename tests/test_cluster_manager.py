@@ -31,7 +31,7 @@ import nats
 import pytest
 
 from aether.cluster._manager import ClusterManager, NotOwnerError, ShardRouter, ShardsChanged
-from aether.cluster._placement import place
+from aether.cluster._placement import Assignment, place
 from aether.cluster._routing import ClusterConfigError
 from aether.cluster._shards import ShardManager
 from aether.testing import NatsCluster
@@ -310,6 +310,45 @@ async def test_a_leader_killed_during_a_rebalance_is_taken_over(cluster: Cluster
         # (n4 gets some from each: the slow releases it started were completed).
         assert after[name] - before[name] <= before[leader]
     assert cluster.check_no_shard_held_twice() > NUM_SHARDS
+
+
+@pytest.mark.fault
+async def test_a_deleted_record_of_a_paused_node_does_not_move_its_shards_early(
+    cluster: Cluster, client: nats.NATS
+) -> None:
+    """An operator deletes a live node's record while the node is paused: that is no clean
+    exit, so the leader waits for the node's lease to run out before it grants the node's
+    shards elsewhere; the node, resumed, drops its shards (its record is gone) first."""
+    # A long lease (and a failure timeout that keeps the paused node a member), so the
+    # node resumes well inside its lease: an early grant would overlap its hold.
+    slow = ("--lease", "3", "--heartbeat", "1", "--failure-timeout", "30")
+    for name in ("n1", "n2"):
+        cluster.start(name, *slow)
+    before = await cluster.wait_converged({"n1", "n2"})
+    leader = await wait_for(cluster.leader, cluster.describe)
+    victim = "n2" if leader == "n1" else "n1"
+    kv = await client.jetstream().key_value(f"aether_shards_{cluster.group}")
+
+    cluster.nodes[victim].proc.send_signal(signal.SIGSTOP)
+    await kv.delete(f"node.{victim}")
+
+    async def revoked() -> bool:
+        entry = await kv.get("assignment")
+        assert entry.value is not None
+        stored = Assignment.from_json(entry.value)
+        return not stored.shards_of(victim)
+
+    deadline = time.monotonic() + TIMEOUT
+    while not await revoked():  # the leader has seen the delete and acted on it
+        assert time.monotonic() < deadline, cluster.describe()
+        await asyncio.sleep(0.05)
+    cluster.nodes[victim].proc.send_signal(signal.SIGCONT)
+
+    after = await cluster.wait_converged({"n1", "n2"})
+    assert cluster.check_no_shard_held_twice() > NUM_SHARDS
+    assert after == before
+    # It let them go (the revocation or its lapse, whichever it saw first) and took them back.
+    assert cluster.released_by(victim) == before[victim]
 
 
 @pytest.mark.cluster

@@ -40,11 +40,14 @@ new owner. The old owner is known not to hold it when
   stopped taking requests for it, waited for its handlers in flight on it, up to one
   lease, and ran the ``lost`` notification first), or
 - the leader **fenced** its record: a revision-checked write marking it fenced, made
-  only when the record was deleted (a clean exit), never written, already fenced, or
-  unchanged for ``lease + lease / 4`` of the leader's monotonic clock since the leader
-  first saw it. The last case means the node's own lease has run out; the revision check
-  means it did not renew in between; and a fenced node must re-register and re-read the
-  assignment, which by then revokes the shard.
+  at once only when the record says ``"left"`` (the node's clean exit, written after it
+  released everything) or ``"fenced"``; otherwise (a live record, or a record deleted,
+  purged, unreadable or missing: an operator's edit says nothing about whether the node
+  still runs) only once the record has stayed unchanged for ``lease + lease / 4`` of the
+  leader's monotonic clock since the leader first saw it. That means the node's own
+  lease has run out (its last renewal landed before what the leader saw); the revision
+  check means it did not renew in between; and a fenced node (or one whose record is
+  gone) must re-register and re-read the assignment, which by then revokes the shard.
 
 So the old owner's release always comes before the new owner's take, as each node
 sees it. A node whose process dies holds nothing; its shards move once discovery drops
@@ -164,9 +167,18 @@ class _Record:
     """A node's record as the leader knows it."""
 
     revision: int  # 0: never written
-    state: str  # "up", "fenced" or "gone" (deleted)
+    state: str  # "up", "left", "fenced", or "gone" (deleted, purged, unreadable, missing)
     applied: int
     seen: float  # the leader's monotonic time when it first saw this revision
+
+
+#: Record states a node or a leader writes. "left": the node exited cleanly (it released
+#: everything first); "fenced": a leader judged it unable to hold anything. Both let the
+#: leader act at once. Anything else (a deleted, purged or unreadable record, or none) is
+#: "gone": the node may be live and holding by its lease, so it is fenced only once the
+#: record has stayed so for ``lease * 1.25`` of the leader's clock.
+_STATES = frozenset({"up", "left", "fenced"})
+_FINAL = frozenset({"left", "fenced"})
 
 
 def _record_value(**fields: Any) -> bytes:
@@ -181,8 +193,8 @@ class ClusterManager:
     :class:`~aether.cluster.LeaderElection` of *group*, and starts serving requests; it
     returns without waiting for shards (see :meth:`wait_for_shards`). Leaving resigns the
     leadership, releases every shard (handlers in flight end first, ``lost`` is
-    announced), deletes the node's record so its shards move at once, and leaves the
-    group. The connection stays the caller's.
+    announced), marks the node's record ``"left"`` so its shards move at once, and
+    leaves the group. The connection stays the caller's.
 
     Shards (``0 .. num_shards - 1``, :class:`~aether.cluster.ShardManager`) are placed on
     the live members by a consistent hash ring over their node ids
@@ -519,8 +531,17 @@ class ClusterManager:
         self._cancel_deadline()
         was_registered, self._registered, self._ready = self._registered, False, False
         if was_registered and self._kv is not None:
+            # A distinct final state (not a delete, which an operator can also make): the
+            # leader may move this node's shards at once only on this.
+            left = _record_value(
+                node=self._node_id,
+                state="left",
+                applied=self._applied,
+                token=self._token,
+                registration=self._registration,
+            )
             with contextlib.suppress(Exception):
-                await self._kv.delete(self._key(self._node_id), last=self._revision)
+                await self._kv.update(self._key(self._node_id), left, last=self._revision)
         if self._discovery is not None:
             with contextlib.suppress(Exception):
                 await self._discovery.close()
@@ -905,7 +926,11 @@ class ClusterManager:
 
         for node in sorted({r.node for r in stored.releasing.values() if not released(r)}):
             record = records.get(node)
-            if record is None or record.state != "up" or now - record.seen >= self._fence_after:
+            if record is None:
+                # No record seen (never written, or its history gone): the node may still
+                # be live, so it is treated as a record unchanged since now.
+                record = records[node] = _Record(0, "gone", 0, now)
+            if record.state in _FINAL or now - record.seen >= self._fence_after:
                 if await self._fence(node, record, records, term):
                     fenced[node] = stored.version
             else:
@@ -951,13 +976,18 @@ class ClusterManager:
         key = self._key(node)
         value = _record_value(node=node, state="fenced", by=self._node_id, term=term, applied=0)
         try:
-            if record is None or record.revision == 0:
-                revision = await self._kv.create(key, value)
-            else:
-                revision = await self._kv.update(key, value, last=record.revision)
+            # Revision 0 expects no message at all on the key (not kv.create, which would
+            # write over a delete marker the leader has not judged yet).
+            revision = await self._kv.update(
+                key, value, last=record.revision if record is not None else 0
+            )
         except nats.js.errors.KeyWrongLastSequenceError:
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            try:
                 entry = await self._kv.get(key)
+            except nats.js.errors.KeyNotFoundError as exc:
+                if exc.entry is not None and exc.entry.revision:
+                    self._note_record(records, node, exc.entry.revision, None, "DEL")
+            else:
                 self._note_record(records, node, entry.revision or 0, entry.value, None)
             return False
         _log.info("cluster %s: fenced %s (term %d)", self._node_id, node, term)
@@ -981,7 +1011,11 @@ class ClusterManager:
                 doc = orjson.loads(value or b"")
                 state, applied = str(doc.get("state", "up")), int(doc.get("applied", 0))
             except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-                state = "fenced"  # not a record we wrote: nobody holds shards by it
+                # Not a record a node or a leader wrote (an operator's edit): its node
+                # may still hold shards by its lease, as for a deleted record.
+                state, applied = "gone", 0
+            if state not in _STATES:
+                state = "gone"
         records[node] = _Record(revision, state, applied, time.monotonic())
         self._leader_wake.set()
 
