@@ -36,6 +36,7 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.js.api import KeyValueConfig
 
 from aether.cluster import LeaderElection
 from aether.testing import NatsCluster, NatsServer
@@ -138,10 +139,13 @@ async def candidates(
     *,
     lease: float = LEASE,
     kwargs_for: Callable[[str], dict[str, Any]] = lambda node: {},
+    group: str | None = None,
+    bucket: str | None = None,
 ) -> AsyncIterator[list[LeaderElection]]:
-    """*count* candidates ``n0``, ``n1``... of one new group and bucket, each on its own
-    connection; ``kwargs_for(node)``: more arguments for a node's LeaderElection."""
-    group, bucket = unique("g"), unique("leases")
+    """*count* candidates ``n0``, ``n1``... of one group and bucket (new ones unless
+    given), each on its own connection; ``kwargs_for(node)``: more arguments for a
+    node's LeaderElection."""
+    group, bucket = group or unique("g"), bucket or unique("leases")
     clients: list[Client] = []
     elections: list[LeaderElection] = []
     try:
@@ -277,6 +281,82 @@ async def test_leader_without_server_steps_down_and_terms_go_on(
         assert leader.term > first
 
 
+# ---------------------------------------------------------------------- foreign records
+
+
+async def write_foreign(
+    url: str, bucket: str, group: str, payload: bytes, headers: dict[str, str] | None = None
+) -> int:
+    """Create *bucket* as LeaderElection does and put *payload* in *group*'s key with a
+    plain JetStream publish (no TTL unless *headers* give one); its revision."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, limit_marker_ttl=60))
+        ack = await js.publish(f"$KV.{bucket}.{group}", payload, headers=headers)
+        return int(ack.seq)
+    finally:
+        await nc.close()
+
+
+FOREIGN_VALUES = {
+    "no-ttl": (b'{"node": "ops", "token": "by-hand"}', None),
+    "malformed": (b"\x00 not a lease record", None),
+    "ttl-far-beyond-the-lease": (b'{"node": "ops", "token": "by-hand"}', {"Nats-TTL": "1h"}),
+}
+
+
+@pytest.mark.parametrize("kind", FOREIGN_VALUES)
+async def test_a_record_never_renewed_is_taken_over(nats_url: str, kind: str) -> None:
+    """A value nobody renews and the server does not expire (soon) does not lock the
+    group out: a candidate takes it over (after 1.25 leases unchanged) with a greater
+    term, and its followers see it."""
+    group, bucket = unique("g"), unique("leases")
+    payload, headers = FOREIGN_VALUES[kind]
+    foreign = await write_foreign(nats_url, bucket, group, payload, headers)
+    async with candidates([nats_url], 2, group=group, bucket=bucket) as elections:
+        (leader,) = await eventually(lambda: leaders(elections), "a leader over the record")
+        assert leader.term > foreign
+        (follower,) = [e for e in elections if e is not leader]
+        await eventually(lambda: follower.leader_id == leader.node_id, "the follower sees it")
+
+
+async def test_a_slow_renewer_with_a_longer_lease_is_not_taken_over(nats_url: str) -> None:
+    """Candidates with different leases: a leader with a 6 s lease renews every 2 s,
+    longer than 1.25 leases of a 1 s candidate. Its record declares its lease (capped by
+    its TTL), so the short-lease candidate does not take it over while it leads."""
+    group, bucket = unique("g"), unique("leases")
+    clients = [await nats.connect(nats_url) for _ in range(2)]
+    elected: list[str] = []
+    try:
+        slow = LeaderElection(
+            clients[0], "slow", group=group, bucket=bucket, lease=timedelta(seconds=6)
+        )
+        quick = LeaderElection(
+            clients[1],
+            "quick",
+            group=group,
+            bucket=bucket,
+            lease=timedelta(seconds=LEASE),
+            on_elected=lambda term: elected.append("quick"),
+        )
+        async with slow:
+            await asyncio.wait_for(slow.wait_until_leader(), PATIENCE)
+            async with quick:
+                deadlines = {slow.valid_until}
+
+                def renewed_three_times() -> bool:  # about 6 s: 4.8 quick leases
+                    assert slow.is_leader and not quick.is_leader and not elected
+                    deadlines.add(slow.valid_until)
+                    return len(deadlines) >= 4
+
+                await eventually(renewed_three_times, "three renewals")
+                assert quick.leader_id == "slow"
+    finally:
+        for nc in clients:
+            await nc.close()
+
+
 # ---------------------------------------------------------------------- OS processes
 
 
@@ -407,6 +487,29 @@ async def test_leader_process_paused_past_its_lease(procs: Candidates) -> None:
     (old,) = [lead for lead in leads if (lead.node, lead.term) == (first.node, first.term)]
     assert all(t < t_cont for t in old.acts), "acted on the old term after waking"
     assert max(old.claims) < after.elected
+
+
+@pytest.mark.slow
+async def test_candidates_racing_over_a_stale_record_elect_one_leader_who_stays(
+    procs: Candidates, nats_url: str
+) -> None:
+    """Three processes start together over a record with no TTL: they all see it go
+    stale at about the same time and race to take it over; exactly one wins. Then the
+    stale-record rule never deposes that live leader: it keeps its term for several
+    leases (many renewals) while the others keep watching."""
+    foreign = await write_foreign(nats_url, procs.bucket, procs.group, b'{"node": "ops"}')
+    await procs.start(3)
+    first = await eventually(procs.current_leader, "a leader over the stale record")
+    assert first.term > foreign
+
+    def renewed_for_several_leases() -> bool:
+        leads = leaderships(procs.records())
+        # claims come a third of a lease apart: twelve of them span about four leases
+        return len(leads) > 1 or len(leads[0].claims) >= 12
+
+    await eventually(renewed_for_several_leases, "several leases of renewals")
+    (lead,) = check(procs.records())  # one leadership only, safe throughout
+    assert (lead.node, lead.term, lead.deposed) == (first.node, first.term, None)
 
 
 @pytest.mark.slow

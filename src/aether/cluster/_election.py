@@ -5,7 +5,8 @@ Protocol
 
 One KV bucket (default ``aether_leases``, history 1) holds one key per group, the lease
 record. Its value is JSON ``{"node": <node id>, "token": <random per election object>,
-"term": <int, absent in the first record of a term>}``.
+"lease": <the writer's lease in seconds>, "term": <int, absent in the first record of a
+term>}``.
 
 - **Campaign.** A candidate reads the key's last message with the JetStream Get API
   (``last_by_subj``), which the stream leader answers, so it sees every acknowledged
@@ -15,10 +16,12 @@ record. Its value is JSON ``{"node": <node id>, "token": <random per election ob
   it *creates* the record: a publish with ``Nats-Expected-Last-Subject-Sequence`` set
   to that message's sequence (0 when there is none). JetStream appends it only if the
   subject's last sequence still is that number, else answers error 10071 (wrong last
-  sequence), so of any number of candidates exactly one wins. This is how ADR-8
-  ("JetStream based Key-Value Stores") defines KV ``Create`` and ``Update``; nats-py's
-  ``KeyValue.create`` does the same but does not take an expiry marker for a deleted
-  key, and its ``update`` cannot send a TTL, hence the publishes made here.
+  sequence), so of any number of candidates exactly one wins. (A record that has stayed
+  unchanged too long is taken over the same way: see "Records that never go away".)
+  This is how ADR-8 ("JetStream based Key-Value Stores") defines KV ``Create`` and
+  ``Update``; nats-py's ``KeyValue.create`` does the same but does not take an expiry
+  marker for a deleted key, and its ``update`` cannot send a TTL, hence the publishes
+  made here.
 - **Term.** The winner's term is the stream sequence (the KV revision) of the record
   that began its leadership. Stream sequences only grow, and every leadership begins
   with a write after the previous leader's last one, so terms strictly increase across
@@ -68,6 +71,42 @@ times TTLs on the wall clock, so a forward step of the clock, or replicas whose 
 disagree in a cluster, can expire a record early; keep servers on NTP with slewing).
 Use :attr:`~LeaderElection.term` as a fencing token on the resources the leader
 writes, so that a write made by a deposed leader is refused where it lands.
+
+Records that never go away
+==========================
+
+A record the server never expires would otherwise hold the group for ever: a value
+written by hand or by a foreign writer without a TTL, one this module cannot parse (it
+still counts as a record: someone may hold it), or one with a TTL far longer than the
+lease. So expiry is not the only way a record ends. A candidate notes, on its own
+monotonic clock, when it *first* read each revision of the key (the moment the answer
+arrived, hence after the server stored that record). When that same revision is still
+the key's last one ``stale_after = 1.25 * max(lease, writer's lease)`` later, the
+candidate takes it over exactly like a create: a write with
+``Nats-Expected-Last-Subject-Sequence`` set to *that* revision. Why this cannot depose
+a live leader, whoever wrote the record:
+
+- The record's writer, if it is a leader of this module, sent it at some ``sent`` before
+  the server stored it, so before the candidate first saw it; it believes it leads on
+  it only until ``sent + its lease - margin``, which is more than a quarter of a lease
+  before the candidate's write can even be sent.
+- It can lead longer only by renewing, and a renewal is a new revision: if one lands
+  before the takeover, the takeover's revision check fails (and the candidate starts
+  counting again from the new revision); if the takeover lands first, the renewal's
+  check fails and the leader steps down. The same check makes two candidates racing
+  over one stale record produce exactly one winner.
+- A leader renews every ``lease / 3``, so a revision it owns never stays unchanged for
+  ``1.25 * lease`` while it leads: the rule only ever fires on a record no live leader
+  holds. (The extra quarter of a lease is headroom over the leader's own deadline: it
+  absorbs clock drift between machines, like ``margin``.)
+- The writer's lease comes from the record's ``lease`` field, believed only up to the
+  record's ``Nats-TTL`` (this module's TTL is ``ceil(lease) >= lease``), so candidates
+  configured with different leases stay safe; a value without both (a foreign or
+  malformed one, or one written before this field existed) is judged by the
+  candidate's own lease. Give every candidate of a group the same lease anyway.
+
+The new leader's term is its record's revision, above the stale one's, as always. A
+foreign record is thus taken within about ``1.25 * lease`` of a candidate's first read.
 
 Liveness: a new leader within about two leases
 ==============================================
@@ -124,17 +163,36 @@ _KEY_CHARS = frozenset(string.ascii_letters + string.digits + "-_=/")
 _MARKER_TTL = 60.0
 #: nats-server supports per-message TTLs (ADR-43) from this version on.
 _MSG_TTL_SINCE = (2, 11)
+#: A revision unchanged this many (writer's) leases after a candidate first saw it
+#: cannot belong to a live leader: the candidate may take it over (see the module docs).
+_STALE_LEASES = 1.25
 
 
 @dataclass(frozen=True)
 class _Record:
-    """The key's last message: ``live`` is False for none, a tombstone or a marker."""
+    """The key's last message: ``live`` is False for none, a tombstone or a marker.
+
+    ``lease`` is the writer's lease as its record declares it, capped by the record's
+    TTL; None when the record does not carry both (a foreign or malformed value).
+    """
 
     revision: int
     live: bool
     node: str | None = None
     token: str | None = None
     term: int = 0
+    lease: float | None = None
+
+
+def _seconds(text: object) -> float | None:
+    """A positive finite number of seconds from a JSON field or a ``Nats-TTL`` header."""
+    if isinstance(text, bool):
+        return None
+    try:
+        value = float(text) if isinstance(text, int | float) else float(str(text).strip())
+    except ValueError:
+        return None
+    return value if 0 < value < math.inf else None
 
 
 def _parse(revision: int, data: bytes | None, headers: dict[str, str] | None) -> _Record:
@@ -146,10 +204,13 @@ def _parse(revision: int, data: bytes | None, headers: dict[str, str] | None) ->
         if not (isinstance(node, str) and isinstance(token, str) and isinstance(term, int)):
             raise TypeError("bad field types")
     except (ValueError, KeyError, TypeError, AttributeError):
-        # Something that is not ours holds the key: treat it as a live lease held by
-        # nobody we know; it is taken when it goes away.
+        # Something that is not ours holds the key: a live lease held by nobody we know,
+        # taken when it goes away or when it has stayed unchanged too long.
         return _Record(revision, live=True)
-    return _Record(revision, live=True, node=node, token=token, term=term)
+    lease = _seconds(value.get("lease"))
+    ttl = _seconds(headers.get(_MSG_TTL)) if headers else None
+    writer_lease = min(lease, ttl) if lease is not None and ttl is not None else None
+    return _Record(revision, live=True, node=node, token=token, term=term, lease=writer_lease)
 
 
 class LeaderElection:
@@ -246,6 +307,8 @@ class LeaderElection:
         self._on_deposed = on_deposed
         self._token = secrets.token_hex(8)
         self._js = nc.jetstream(timeout=max(self._poll_every, 0.5))
+        # (revision, monotonic instant this candidate first read it): for stale records
+        self._seen: tuple[int, float] | None = None
         self._kv: Any = None
 
         # Leadership: set together when a create/renewal succeeds.
@@ -456,7 +519,11 @@ class LeaderElection:
 
         Raises KeyWrongLastSequenceError when it is not.
         """
-        value: dict[str, object] = {"node": self._node_id, "token": self._token}
+        value: dict[str, object] = {
+            "node": self._node_id,
+            "token": self._token,
+            "lease": self._lease,
+        }
         if term is not None:
             value["term"] = term
         payload = json.dumps(value, separators=(",", ":")).encode()
@@ -490,17 +557,33 @@ class LeaderElection:
                 await asyncio.sleep(min(self._renew_every / 3, 0.2))
 
     async def _try_acquire(self) -> None:
-        """One campaign round: take the key if free (or our own stale record), else wait."""
+        """One campaign round: take the key if free, our own lapsed record, or a record
+        unchanged for too long; else wait."""
         self._wake.clear()
         record = await self._read()
+        seen = time.monotonic()  # after the answer: the record was stored before this
         if record.live and record.token != self._token:
             self._observe(record.node, record.term)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_every):
-                    await self._wake.wait()
-            return
-        # Free, or a record of ours whose leadership lapsed (or whose create's answer
-        # was lost): a new record over it starts a new term.
+            if self._seen is None or self._seen[0] != record.revision:
+                self._seen = (record.revision, seen)
+            stale_at = self._seen[1] + _STALE_LEASES * max(self._lease, record.lease or 0.0)
+            if seen < stale_at:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(self._poll_every, stale_at - seen)):
+                        await self._wake.wait()
+                return
+            # Unchanged since before stale_at - 1.25 leases: nobody leads on it (module
+            # docs); take it over if it is still the last record when the write lands.
+            _log.warning(
+                "election %s: %s takes over revision %d (%s), unchanged for %.1f s",
+                self._group,
+                self._node_id,
+                record.revision,
+                f"node {record.node!r}" if record.node is not None else "not a lease record",
+                seen - self._seen[1],
+            )
+        # Free, a record of ours whose leadership lapsed (or whose create's answer was
+        # lost), or a stale one: a new record over it starts a new term.
         sent = time.monotonic()
         try:
             revision = await self._write(record.revision, None, self._poll_every)
