@@ -30,7 +30,13 @@ from typing import Any
 import nats
 import pytest
 
-from aether.cluster._manager import ClusterManager, NotOwnerError, ShardRouter, ShardsChanged
+from aether.cluster._manager import (
+    ClusterManager,
+    HandlerError,
+    NotOwnerError,
+    ShardRouter,
+    ShardsChanged,
+)
 from aether.cluster._placement import Assignment, place
 from aether.cluster._routing import ClusterConfigError
 from aether.cluster._shards import ShardManager
@@ -530,6 +536,83 @@ async def test_a_second_process_with_the_same_node_id_never_holds_a_shard_with_t
                 for start_a, end_a in holds["first"]:
                     for start_b, end_b in holds["second"]:
                         assert end_a <= start_b or end_b <= start_a, (holds, "held twice")
+    finally:
+        await nc1.close()
+        await nc2.close()
+
+
+@pytest.mark.fault
+async def test_a_handler_outliving_its_lease_in_a_handoff_is_cancelled_before_the_new_owner_runs(
+    nats_url: str,
+) -> None:
+    """A handler still running one lease after its shard was revoked is cancelled; the old
+    owner announces ``lost`` and confirms the release only once it has unwound, so the new
+    owner runs its first request for the actor after that (recorded monotonic times)."""
+    group = f"t{uuid.uuid4().hex[:10]}"
+    settings: dict[str, Any] = {
+        "num_shards": 8,
+        "group": group,
+        "lease": 2.0,  # the handler outlives it; long enough not to lapse on a busy machine
+        "heartbeat_interval": 0.25,
+        "failure_timeout": 1.0,
+    }
+    target = place({"a", "b"}, 8)
+    actor = next(
+        a for a in (f"actor-{i}" for i in range(1000)) if target[ShardManager(8).shard_of(a)] == "b"
+    )
+    shard = ShardManager(8).shard_of(actor)
+    times: dict[str, float] = {}
+    started, never = asyncio.Event(), asyncio.Event()
+
+    async def blocking(actor_id: str, payload: bytes) -> bytes:
+        times["a started"] = time.monotonic()
+        started.set()
+        try:
+            await never.wait()  # never set: longer than any lease
+        except asyncio.CancelledError:
+            times["a cancelled"] = time.monotonic()
+            raise
+        return b"a"
+
+    expired: list[bool] = []
+
+    async def on_change_a(change: ShardsChanged) -> None:
+        if shard in change.lost:
+            times.setdefault("a lost", time.monotonic())
+            expired.append(change.expired)
+
+    b_gained = asyncio.Event()
+
+    async def on_change_b(change: ShardsChanged) -> None:
+        if shard in change.gained:
+            b_gained.set()
+
+    async def quick(actor_id: str, payload: bytes) -> bytes:
+        if actor_id == actor:
+            times.setdefault("b first ran", time.monotonic())
+        return b"b"
+
+    nc1, nc2 = await nats.connect(nats_url), await nats.connect(nats_url)
+    try:
+        a = ClusterManager(nc1, "a", handler=blocking, on_shards_changed=on_change_a, **settings)
+        b = ClusterManager(nc2, "b", handler=quick, on_shards_changed=on_change_b, **settings)
+        async with a:
+            async with asyncio.timeout(TIMEOUT):
+                assert await a.wait_for_shards() == frozenset(range(8))
+            first = asyncio.create_task(a.request(actor, b"x", timeout=TIMEOUT))
+            async with asyncio.timeout(TIMEOUT):
+                await started.wait()
+            async with b:
+                async with asyncio.timeout(TIMEOUT):
+                    await b_gained.wait()  # the handoff completed
+                assert await b.request(actor, b"y", timeout=TIMEOUT) == b"b"
+                with pytest.raises(HandlerError, match="HandlerCancelled"):
+                    await first
+                assert not never.is_set()
+                assert times["a started"] < times["a cancelled"] < times["b first ran"], times
+                assert times["a lost"] < times["b first ran"], times
+                if not expired[0]:  # a revocation (not a lapse of a's lease on a busy machine)
+                    assert times["a cancelled"] <= times["a lost"], times
     finally:
         await nc1.close()
         await nc2.close()

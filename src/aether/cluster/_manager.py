@@ -37,8 +37,9 @@ waits until the old owner is known not to hold it, and only then **grants** it t
 new owner. The old owner is known not to hold it when
 
 - its record says ``applied >= `` the revoking version (it released the shard: it
-  stopped taking requests for it, waited for its handlers in flight on it, up to one
-  lease, and ran the ``lost`` notification first), or
+  stopped taking requests for it, waited for its handlers in flight on it to end (those
+  still running one lease later are cancelled, and it waits until they have unwound),
+  and ran the ``lost`` notification first), or
 - the leader **fenced** its record: a revision-checked write marking it fenced, made
   at once only when the record says ``"left"`` (the node's clean exit, written after it
   released everything) or ``"fenced"``; otherwise (a live record, or a record deleted,
@@ -54,8 +55,9 @@ sees it. A node whose process dies holds nothing; its shards move once discovery
 it (``failure_timeout``) and its record lease has run out (``lease + lease / 4`` after
 its last renewal), whichever is later.
 
-What a node does not control: a handler that outlives its shard's lease (a paused
-process) still runs to its end. Writes made through
+What a node does not control: a write a cancelled handler had already sent may still
+land, and a handler running when its node's lease ran out (a paused process) runs on
+until the node's event loop runs again and cancels it. Writes made through
 :class:`~aether.store.JetStreamEventStore` are checked by the server against the
 actor's expected version, so such a late write is refused (VersionConflictError)
 instead of overwriting the new owner's.
@@ -134,6 +136,12 @@ _TRANSIENT = (
     nats.js.errors.ServiceUnavailableError,
 )
 
+#: The error answered for a request whose handler a release cancelled (HandlerError).
+_CANCELLED = (
+    b"HandlerCancelled: the actor's shard was handed over while the handler ran; "
+    b"writes it had already sent may have landed"
+)
+
 #: ``async def handler(actor_id: str, payload: bytes) -> bytes``
 Handler = Callable[[str, bytes], Awaitable[bytes]]
 
@@ -145,7 +153,10 @@ class ShardsChanged:
     Attributes:
         gained: shards this node takes (announced *before* it starts serving them).
         lost: shards this node no longer holds (announced *after* it stopped serving
-            them and, for a revocation, after its handlers in flight on them ended).
+            them and, for a revocation, after its handlers in flight on them ended:
+            those still running one lease after the revocation are cancelled, and the
+            announcement waits until they have finished unwinding). For an expiry the
+            handlers are cancelled but not waited for.
         version: the assignment version that caused the change (for an expiry, the
             last version this node applied).
         at: :func:`time.monotonic` when the change took effect: for a gain, a moment
@@ -227,7 +238,13 @@ class ClusterManager:
             this node creates them (3 on a JetStream cluster).
         handler: ``async (actor_id, payload) -> bytes``, run for each request routed
             here while this node holds the actor's shard. Without one, the node still
-            takes shards but answers every request "not owner".
+            takes shards but answers every request "not owner". A handler still running
+            one lease after its shard was revoked is cancelled (CancelledError at its
+            current await; its request fails with HandlerError), and the release waits
+            for it to unwind; so is one running when the lease runs out. A write it had
+            already sent may still land: the event store's server-checked expected
+            version turns a write that comes after the new owner's into a
+            VersionConflictError, never a lost update.
         on_shards_changed: ``async (ShardsChanged) -> None``, awaited on each change.
         max_concurrent_requests: handlers running at once on this node.
 
@@ -296,7 +313,7 @@ class ClusterManager:
         self._owned: set[int] = set()
         self._applied = 0
         self._reapply = True
-        self._inflight: dict[int, int] = {}
+        self._inflight: dict[int, set[asyncio.Task[bytes]]] = {}  # shard -> handler tasks
         self._idle = asyncio.Condition()
         self._lock = asyncio.Lock()
         self._apply_wake = asyncio.Event()
@@ -661,6 +678,7 @@ class ClusterManager:
         self._registered = self._ready = False
         self._incarnation += 1
         self._cancel_deadline()
+        self._cancel_handlers()  # they may run on past the lease, but no longer than needed
         if lost:
             self._spawn(self._emit(ShardsChanged(frozenset(), lost, self._applied, at, True)))
         self._renew_wake.set()
@@ -787,10 +805,33 @@ class ClusterManager:
         self._apply_wake.set()  # a newer version may have come meanwhile
 
     async def _drain(self, shards: frozenset[int]) -> None:
-        """Wait (up to one lease) for the handlers in flight on *shards* to end."""
+        """Wait for the handlers in flight on *shards* to end: those still running after
+        one lease are cancelled, and waited for until they have finished unwinding."""
+
+        def idle() -> bool:
+            return not any(self._inflight.get(s) for s in shards)
+
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._lease), self._idle:
-                await self._idle.wait_for(lambda: not any(self._inflight.get(s) for s in shards))
+                await self._idle.wait_for(idle)
+        if idle():
+            return
+        running = [task for s in shards for task in self._inflight.get(s, ())]
+        _log.warning(
+            "cluster %s: cancelling %d handlers still running one lease after their shards "
+            "were released; the release waits until they have unwound",
+            self._node_id,
+            len(running),
+        )
+        for task in running:
+            task.cancel()
+        async with self._idle:
+            await self._idle.wait_for(idle)
+
+    def _cancel_handlers(self) -> None:
+        for running in self._inflight.values():
+            for task in running:
+                task.cancel()
 
     # -- requests -----------------------------------------------------------------------
 
@@ -817,7 +858,9 @@ class ClusterManager:
                 ran: safe to send again).
             RequestTimeoutError: the owner got the request but no answer came within
                 *timeout*: the outcome is unknown (not retried).
-            HandlerError: the owner's handler raised (not retried).
+            HandlerError: the owner's handler raised, or was cancelled because the
+                actor's shard was handed over while it ran (not retried: the outcome is
+                unknown).
             ValueError: *actor_id* is empty.
         """
         return await route(self._nc, self._group, self._view, actor_id, payload, timeout)
@@ -836,21 +879,28 @@ class ClusterManager:
             if self._handler is None or not self._holds(shard):
                 await self._reply(msg, NOT_OWNER, b"")
                 return
-            self._inflight[shard] = self._inflight.get(shard, 0) + 1
+            # Its own task, so that a release can cancel the handler alone (_drain).
+            task = asyncio.ensure_future(self._handler(actor_id, payload))
+            running = self._inflight.setdefault(shard, set())
+            running.add(task)
             try:
-                result = await self._handler(actor_id, payload)
-            except Exception as exc:
-                await self._reply(msg, ERROR, f"{type(exc).__name__}: {exc}".encode())
-            else:
-                await self._reply(msg, OK, bytes(result))
-            finally:
-                count = self._inflight[shard] - 1
-                if count:
-                    self._inflight[shard] = count
+                try:
+                    result = await task
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if not task.cancelled() or (current is not None and current.cancelling()):
+                        raise  # this request itself is cancelled (the node is leaving)
+                    await self._reply(msg, ERROR, _CANCELLED)
+                except Exception as exc:
+                    await self._reply(msg, ERROR, f"{type(exc).__name__}: {exc}".encode())
                 else:
+                    await self._reply(msg, OK, bytes(result))
+            finally:
+                running.discard(task)
+                if not running and self._inflight.get(shard) is running:
                     del self._inflight[shard]
-                    async with self._idle:
-                        self._idle.notify_all()
+                async with self._idle:
+                    self._idle.notify_all()
 
     async def _reply(self, msg: Msg, status: str, data: bytes) -> None:
         if not msg.reply:
