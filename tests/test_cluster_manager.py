@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 
 from aether.cluster._manager import (
@@ -613,6 +614,70 @@ async def test_a_handler_outliving_its_lease_in_a_handoff_is_cancelled_before_th
                 assert times["a lost"] < times["b first ran"], times
                 if not expired[0]:  # a revocation (not a lapse of a's lease on a busy machine)
                     assert times["a cancelled"] <= times["a lost"], times
+    finally:
+        await nc1.close()
+        await nc2.close()
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("edit", ["delete", "garbage"])
+async def test_a_deleted_or_malformed_assignment_is_refused_without_spinning(
+    nats_url: str, edit: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stored assignment deleted or overwritten by hand: the leader writes no new one
+    over it (a blind version could repeat one a node applied), says so once, and backs
+    off between looks however often it is woken (counted, not timed)."""
+    group = f"t{uuid.uuid4().hex[:10]}"
+    settings: dict[str, Any] = {
+        "num_shards": 8,
+        "group": group,
+        "lease": 1.0,
+        "heartbeat_interval": 0.25,
+        "failure_timeout": 1.0,
+    }
+    nc1, nc2 = await nats.connect(nats_url), await nats.connect(nats_url)
+    try:
+        solo = ClusterManager(nc1, "solo", **settings)
+        async with solo:
+            async with asyncio.timeout(TIMEOUT):
+                assert await solo.wait_for_shards() == frozenset(range(8))
+            kv = await nc2.jetstream().key_value(f"aether_shards_{group}")
+            if edit == "delete":
+                await kv.delete("assignment")
+            else:
+                await kv.put("assignment", b"{not json")
+            steps, attempts = 0, 0
+            real_step, real_update = solo._lead_step, solo._kv.update  # type: ignore[union-attr]
+
+            async def counted_step(*args: Any) -> float:
+                nonlocal steps
+                steps += 1
+                return await real_step(*args)
+
+            async def counted_update(key: str, *args: Any, **kwargs: Any) -> int:
+                nonlocal attempts
+                attempts += key == "assignment"
+                return await real_update(key, *args, **kwargs)
+
+            solo._lead_step = counted_step  # type: ignore[method-assign]
+            solo._kv.update = counted_update  # type: ignore[union-attr, method-assign]
+            caplog.clear()
+            # A joining node needs a new placement: the leader must write, and cannot.
+            async with ClusterManager(nc2, "b", **settings) as b:
+                async with asyncio.timeout(TIMEOUT):
+                    while solo._refusals < 4:
+                        await solo._view.wait_newer(solo._view.version, 0.05)
+                assert attempts == solo._refusals  # no write between the refused ones
+                assert steps > attempts  # woken (records, discovery) more often than it wrote
+                refusing = [r for r in caplog.records if "refusing" in r.getMessage()]
+                assert len(refusing) == 1, refusing
+                assert not b.owned_shards
+                assert solo.owned_shards == frozenset(range(8))  # kept: safe, nothing moved
+            if edit == "delete":
+                with pytest.raises(nats.js.errors.KeyNotFoundError):
+                    await kv.get("assignment")
+            else:
+                assert (await kv.get("assignment")).value == b"{not json"
     finally:
         await nc1.close()
         await nc2.close()

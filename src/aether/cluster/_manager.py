@@ -10,7 +10,11 @@ State, in the JetStream KV bucket ``aether_shards_<group>`` (history 1):
   the group's :class:`~aether.cluster.LeaderElection` writes it, and every write is
   revision-checked (JetStream's expected-last-subject-sequence): a write based on
   anything but the latest version fails, so a deposed leader's late write is refused.
-  A leader also writes nothing while the stored term is above its own.
+  A leader also writes nothing while the stored term is above its own, and nothing
+  over a stored assignment it cannot build on (deleted, purged or unreadable: an
+  operator's edit): a blind write could repeat a version a node already applied. It
+  logs that once per cause and looks again backing off (up to 30 s); recovering is an
+  operator's step (docs/howto/placement.md).
 - ``node.<node_id>``: each node's record, ``{"state": "up", "applied": V, ...}``, which
   the node rewrites every ``min(heartbeat_interval, lease / 3)``, revision-checked.
   ``applied`` is its confirmation: it holds no shard that version ``V`` does not give
@@ -321,6 +325,10 @@ class ClusterManager:
         self._leader_wake = asyncio.Event()
         self._running = False
         self._closed = False
+        self._refusal: str | None = None  # why the leader refuses to write, logged once
+        self._refusal_backoff = 0.0
+        self._refusal_until = 0.0
+        self._refusals = 0  # the leader's refused writes (for tests)
 
     # -- properties ---------------------------------------------------------------------
 
@@ -999,14 +1007,19 @@ class ClusterManager:
         step = next_assignment(stored, target, released=released, term=term, leader=self._node_id)
         if step is stored or not self._election.is_leader or self._election.term != term:
             return due
+        if self._refusal is not None and now < self._refusal_until:
+            return min(due, self._refusal_until - now)  # backing off: look again then
         try:
-            if revision == 0:
-                new_revision = await self._kv.create(ASSIGNMENT_KEY, step.to_json())
-            else:
-                new_revision = await self._kv.update(ASSIGNMENT_KEY, step.to_json(), last=revision)
+            # Revision 0 expects no message at all on the key: never kv.create, which
+            # writes over a delete marker.
+            new_revision = await self._kv.update(ASSIGNMENT_KEY, step.to_json(), last=revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            await self._view.refresh(self._kv)  # another write came first: decide again
-            return 0.0
+            problem = await self._stored_problem()
+            if problem is None:
+                await self._view.refresh(self._kv)  # another write came first: decide again
+                return 0.0
+            return self._refuse(problem)
+        self._refusal, self._refusal_backoff, self._refusal_until = None, 0.0, 0.0
         self._view.offer(step, new_revision)
         _log.info(
             "cluster %s: placement version %d (term %d): %d shards releasing, %d unowned",
@@ -1017,6 +1030,41 @@ class ClusterManager:
             step.owners.count(None),
         )
         return 0.0
+
+    async def _stored_problem(self) -> str | None:
+        """Why the stored assignment cannot be built on (deleted, purged, unreadable),
+        or None when it is a valid one (a write raced this leader's)."""
+        assert self._kv is not None
+        try:
+            entry = await self._kv.get(ASSIGNMENT_KEY)
+        except nats.js.errors.KeyNotFoundError as exc:
+            if exc.entry is None or not exc.entry.revision:
+                return None
+            return f"was deleted or purged (revision {exc.entry.revision})"
+        try:
+            Assignment.from_json(entry.value or b"")
+        except ValueError as exc:
+            return f"is unreadable (revision {entry.revision}: {exc})"
+        return None
+
+    def _refuse(self, problem: str) -> float:
+        """Write no placement over a stored one that is gone or unreadable: a version
+        written blindly could repeat one a node already applied. Logged once per cause;
+        the next look backs off (the renewal interval, doubling up to 30 s)."""
+        self._refusals += 1
+        if problem != self._refusal:
+            self._refusal = problem
+            _log.error(
+                "cluster %s: the stored shard assignment %s; refusing to write a new one, "
+                "so no shard moves until it is recovered (see the placement how-to: "
+                "stop every node of the group, delete the bucket %r, start them again)",
+                self._node_id,
+                problem,
+                bucket_name(self._group),
+            )
+        self._refusal_backoff = min(max(self._refusal_backoff * 2, self._renew_every), 30.0)
+        self._refusal_until = time.monotonic() + self._refusal_backoff
+        return self._refusal_backoff
 
     async def _fence(
         self, node: str, record: _Record | None, records: dict[str, _Record], term: int

@@ -175,11 +175,12 @@ async def open_bucket(
     return await js.key_value(name)
 
 
-def decode_assignment(data: bytes) -> Assignment | None:
+def decode_assignment(data: bytes, *, warn: bool = True) -> Assignment | None:
     try:
         return Assignment.from_json(data)
     except ValueError as exc:
-        _log.warning("ignoring a malformed shard assignment: %s", exc)
+        if warn:
+            _log.warning("ignoring a malformed shard assignment: %s", exc)
         return None
 
 
@@ -191,6 +192,7 @@ class AssignmentView:
         self.latest: Assignment | None = None
         self.revision = 0
         self._changed = asyncio.Event()
+        self._malformed = 0  # the revision of the last malformed one seen (warned once)
 
     @property
     def version(self) -> int:
@@ -225,9 +227,14 @@ class AssignmentView:
         except nats.js.errors.KeyNotFoundError:
             return
         if entry.value:
-            assignment = decode_assignment(entry.value)
-            if assignment is not None:
-                self.offer(assignment, entry.revision or 0)
+            self._take(entry.value, entry.revision or 0)
+
+    def _take(self, data: bytes, revision: int) -> None:
+        assignment = decode_assignment(data, warn=revision != self._malformed)
+        if assignment is None:
+            self._malformed = revision
+        else:
+            self.offer(assignment, revision)
 
     async def follow(self, kv: KeyValue, poll_interval: float) -> None:
         """Keep the view current until cancelled: a KV watch, and a read every
@@ -245,9 +252,7 @@ class AssignmentView:
                         await self.refresh(kv)
                         continue
                     if entry is not None and entry.value:
-                        assignment = decode_assignment(entry.value)
-                        if assignment is not None:
-                            self.offer(assignment, entry.revision or 0)
+                        self._take(entry.value, entry.revision or 0)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # connection trouble: read again after a pause
