@@ -358,6 +358,44 @@ async def test_a_deleted_record_of_a_paused_node_does_not_move_its_shards_early(
     assert cluster.released_by(victim) == before[victim]
 
 
+@pytest.mark.fault
+async def test_a_recreated_bucket_is_a_new_incarnation_whose_versions_restart(
+    cluster: Cluster, client: nats.NATS
+) -> None:
+    """The shards bucket is deleted under two paused nodes and a third node creates it
+    again (its versions restart at 1): the resumed nodes drop what they held and start
+    over from the new bucket's assignment, instead of keeping their own older view
+    (higher versions, of a bucket that no longer exists) and holding its shards again."""
+    for name in ("n1", "n2"):
+        cluster.start(name)
+    await cluster.wait_converged({"n1", "n2"})
+    await client.jetstream().delete_key_value(f"aether_shards_{cluster.group}")
+    for name in ("n1", "n2"):
+        cluster.nodes[name].proc.send_signal(signal.SIGSTOP)
+    # The deleted bucket is an operator's edit that loses the record leases: the paused
+    # nodes' leases (1 s, their last renewal sent before the pause) must have run out
+    # before n3 takes their shards. The condition is on the one clock of the machine.
+    stopped = time.monotonic()
+    await wait_for(lambda: time.monotonic() >= stopped + 1.0, cluster.describe)
+    cluster.start("n3")
+    await wait_for(
+        lambda: len((cluster.nodes["n3"].last_state() or {}).get("owned", ())) == NUM_SHARDS,
+        cluster.describe,
+    )
+    for name in ("n1", "n2"):
+        cluster.nodes[name].proc.send_signal(signal.SIGCONT)
+
+    after = await cluster.wait_converged({"n1", "n2", "n3"})
+    assert cluster.check_no_shard_held_twice() > NUM_SHARDS
+    assert set().union(*after.values()) == set(range(NUM_SHARDS))
+    # One assignment, of the new bucket: the stored one, which every node applied.
+    entry = await client.jetstream().key_value(f"aether_shards_{cluster.group}")
+    stored = Assignment.from_json((await entry.get("assignment")).value or b"")
+    versions = {cluster.nodes[n].last_state()["version"] for n in after}  # type: ignore[index]
+    assert versions == {stored.version}
+    assert list(stored.owners) == list(place(set(after), NUM_SHARDS))
+
+
 @pytest.mark.cluster
 @pytest.mark.fault
 async def test_on_a_jetstream_cluster_with_replicated_buckets(

@@ -54,6 +54,18 @@ new owner. The old owner is known not to hold it when
   check means it did not renew in between; and a fenced node (or one whose record is
   gone) must re-register and re-read the assignment, which by then revokes the shard.
 
+Versions are only comparable within one **incarnation** of the bucket: deleted and
+created again (an operator's edit, then a node entering), it starts over at version 1,
+below what the nodes applied. A node records the bucket stream's identity (STREAM.INFO
+``created`` of ``KV_aether_shards_<group>``) when it enters, and checks it each time it
+registers (before and after reading the assignment) and before each leader write. On a
+new identity it drops every shard it holds (``lost`` announced, handlers cancelled, as
+on a lease expiry), forgets its view and applied version, and starts over: it reads the
+assignment anew and takes the stored one whatever its version. A leader's term restarts
+with it, so a view of the deleted bucket is never written into the new one. Deleting the
+bucket erases the leases too: a node that recreates it may take shards within one lease
+of the old holders' last renewal (the how-to says to stop the nodes first).
+
 So the old owner's release always comes before the new owner's take, as each node
 sees it. A node whose process dies holds nothing; its shards move once discovery drops
 it (``failure_timeout``) and its record lease has run out (``lease + lease / 4`` after
@@ -316,6 +328,8 @@ class ClusterManager:
         self._incarnation = 0  # +1 at each lapse: work started before it is void
         self._owned: set[int] = set()
         self._applied = 0
+        self._identity: str | None = None  # the bucket's incarnation the view comes from
+        self._identities = 0  # +1 at each new incarnation of the bucket seen
         self._reapply = True
         self._inflight: dict[int, set[asyncio.Task[bytes]]] = {}  # shard -> handler tasks
         self._idle = asyncio.Condition()
@@ -517,6 +531,7 @@ class ClusterManager:
                         replicas=self._replicas,
                         request_timeout=self._timeout,
                     )
+                self._identity = await self._bucket_identity()
                 await self._view.refresh(self._kv)
                 return
             except _TRANSIENT:
@@ -633,19 +648,64 @@ class ClusterManager:
         if time.monotonic() >= self._not_before:
             await self._read_fresh()  # else the renewal loop does, once it is time
 
+    async def _bucket_identity(self) -> str:
+        """The incarnation of the bucket: its stream's creation time (STREAM.INFO)."""
+        js = self._nc.jetstream(timeout=self._timeout)
+        info = await js.stream_info(f"KV_{bucket_name(self._group)}")
+        return str(info.created)
+
+    async def _check_identity(self) -> bool:
+        """Whether the bucket is still the incarnation the view comes from; if not, start
+        over in the new one (NotFoundError while there is no bucket at all)."""
+        identity = await self._bucket_identity()
+        if identity == self._identity:
+            return True
+        self._new_incarnation(identity)
+        return False
+
+    def _new_incarnation(self, identity: str) -> None:
+        """The bucket was deleted and created again: drop every shard held, forget the
+        view and the version applied (versions restart with the bucket)."""
+        _log.warning(
+            "cluster %s: the bucket %r was recreated; dropping every shard and starting "
+            "over from its assignment",
+            self._node_id,
+            bucket_name(self._group),
+        )
+        lost = frozenset(self._owned)
+        self._owned.clear()
+        self._incarnation += 1
+        self._cancel_handlers()
+        if lost:
+            at = time.monotonic()
+            self._spawn(self._emit(ShardsChanged(frozenset(), lost, self._applied, at, True)))
+        self._identity = identity
+        self._identities += 1
+        self._refusal, self._refusal_backoff, self._refusal_until = None, 0.0, 0.0
+        self._view.reset()
+        self._applied = 0
+        self._ready = False  # registered in the new bucket, and its assignment read, first
+        self._reapply = True
+        self._renew_wake.set()
+        self._leader_wake.set()
+
     async def _read_fresh(self) -> None:
         """Read the assignment from the stream leader (not a direct get, which a
-        replica may answer from behind) and only then allow taking shards."""
+        replica may answer from behind) and only then allow taking shards; in a new
+        incarnation of the bucket, start over (its identity read before and after)."""
         assert self._kv is not None
         js = self._nc.jetstream(timeout=self._timeout)
         bucket = bucket_name(self._group)
+        await self._check_identity()
         try:
             msg = await js.get_msg(
                 f"KV_{bucket}", subject=f"$KV.{bucket}.{ASSIGNMENT_KEY}", direct=False
             )
         except nats.js.errors.NotFoundError:
-            pass
-        else:
+            msg = None
+        if not await self._check_identity():
+            return  # recreated meanwhile: the renewal loop reads again
+        if msg is not None:
             operation = (msg.headers or {}).get("KV-Operation")
             if msg.data and operation is None:
                 with contextlib.suppress(ValueError):
@@ -944,11 +1004,16 @@ class ClusterManager:
         # Discovery hears from every member within a heartbeat: wait for that before the
         # first decision, so a leader that just started does not place everything on itself.
         settle_until = time.monotonic() + self._heartbeat
+        identities = self._identities  # a new incarnation of the bucket: start the term over
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._lease):
                     await loaded.wait()  # the records as they are, before deciding
-            while self._election.is_leader and self._election.term == term:
+            while (
+                self._election.is_leader
+                and self._election.term == term
+                and identities == self._identities
+            ):
                 self._leader_wake.clear()
                 wait = self._renew_every
                 if time.monotonic() < settle_until:
@@ -1009,6 +1074,11 @@ class ClusterManager:
             return due
         if self._refusal is not None and now < self._refusal_until:
             return min(due, self._refusal_until - now)  # backing off: look again then
+        try:
+            if not await self._check_identity():
+                return 0.0  # the view is of a deleted bucket: never write it into the new one
+        except nats.js.errors.NotFoundError:
+            return due  # no bucket at all (deleted): nothing to write into
         try:
             # Revision 0 expects no message at all on the key: never kv.create, which
             # writes over a delete marker.

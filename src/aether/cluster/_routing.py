@@ -185,14 +185,16 @@ def decode_assignment(data: bytes, *, warn: bool = True) -> Assignment | None:
 
 
 class AssignmentView:
-    """The newest assignment this process has seen (versions only go up), and a way to
-    wait for a newer one. Fed by a KV watch, by reads, and by the leader's own writes."""
+    """The newest assignment this process has seen (versions only go up, until a reset:
+    a new incarnation of the bucket), and a way to wait for a newer one. Fed by a KV
+    watch, by reads, and by the leader's own writes."""
 
     def __init__(self) -> None:
         self.latest: Assignment | None = None
         self.revision = 0
         self._changed = asyncio.Event()
         self._malformed = 0  # the revision of the last malformed one seen (warned once)
+        self._generation = 0  # +1 at each reset (a new incarnation of the bucket)
 
     @property
     def version(self) -> int:
@@ -209,16 +211,26 @@ class AssignmentView:
         self._changed = asyncio.Event()
         return True
 
+    def reset(self) -> None:
+        """Forget the assignment held: the bucket was recreated, and versions are only
+        comparable within one incarnation of it (the next one offered is taken)."""
+        self.latest, self.revision = None, 0
+        self._generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
     async def wait_newer(self, version: int, within: float) -> bool:
-        """Wait up to *within* seconds for a version above *version*; whether one came."""
-        while self.version <= version:
+        """Wait up to *within* seconds for a version above *version* (or a reset);
+        whether one came."""
+        generation = self._generation
+        while self.version <= version and self._generation == generation:
             changed = self._changed
             try:
                 async with asyncio.timeout(within):
                     await changed.wait()
             except TimeoutError:
-                return self.version > version
-        return True
+                break
+        return self.version > version or self._generation != generation
 
     async def refresh(self, kv: KeyValue) -> None:
         """Read the stored assignment once (errors are left to the next read)."""
