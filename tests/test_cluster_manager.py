@@ -37,6 +37,7 @@ from aether.cluster._manager import (
     NotOwnerError,
     ShardRouter,
     ShardsChanged,
+    _cancel,
 )
 from aether.cluster._placement import Assignment, place
 from aether.cluster._routing import ClusterConfigError
@@ -762,3 +763,24 @@ async def test_sharded_accounts_keeps_exact_balances_when_a_worker_is_killed(
     assert sum(report.expected.values()) == sum(
         c.amount for c in example.demo_commands(accounts=30, commands=900)
     )
+
+
+async def test_stopping_ends_a_task_that_swallowed_its_cancellation() -> None:
+    """The regression: a manager's exit hung forever when one of its loops had swallowed
+    the cancellation meant to stop it (Python 3.11's wait_for inside a nats-py request
+    drops one that comes with the answer). Such a task is cancelled again until it ends."""
+    waiting, swallowed = asyncio.Event(), asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            waiting.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()  # dropped, as wait_for may
+        await asyncio.Event().wait()  # and the loop goes on
+
+    task = asyncio.create_task(stubborn())
+    await waiting.wait()
+    async with asyncio.timeout(TIMEOUT):
+        await _cancel([task])
+    assert swallowed.is_set() and task.cancelled()

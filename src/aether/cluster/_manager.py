@@ -144,6 +144,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger("aether.cluster")
+#: Seconds after which a task asked to stop but still running is cancelled again.
+_RECANCEL_EVERY = 0.1
 
 #: Failures that a retry may cure (a server or a stream leader being elected).
 _TRANSIENT = (
@@ -1024,9 +1026,7 @@ class ClusterManager:
                     async with asyncio.timeout(max(wait, 0.01)):
                         await self._leader_wake.wait()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await _cancel([watcher])
 
     async def _lead_step(
         self, term: int, records: dict[str, _Record], fenced: dict[str, int]
@@ -1220,8 +1220,18 @@ class ClusterManager:
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel *tasks* and wait until every one has ended; their errors are dropped.
+
+    A task may swallow a cancellation: on Python 3.11 ``asyncio.wait_for`` (used inside
+    nats-py's requests) drops one that arrives as the awaited answer completes, and the
+    task's loop goes on. So a task still running shortly after is cancelled again
+    instead of being awaited forever. The caller's own cancellation is never suppressed
+    (``asyncio.wait`` raises it)."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=_RECANCEL_EVERY)
     for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved"

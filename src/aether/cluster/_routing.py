@@ -330,10 +330,13 @@ class ShardRouter:
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            # Cancelled again until it ends: a nats-py request may swallow one (3.11).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=0.1)
+            if not task.cancelled():
+                task.exception()
 
     @property
     def assignment_version(self) -> int:
