@@ -31,13 +31,13 @@ import nats
 import nats.js.errors
 import pytest
 
+from aether._tasks import stop as stop_tasks
 from aether.cluster._manager import (
     ClusterManager,
     HandlerError,
     NotOwnerError,
     ShardRouter,
     ShardsChanged,
-    _cancel,
 )
 from aether.cluster._placement import Assignment, place
 from aether.cluster._routing import ClusterConfigError
@@ -782,5 +782,5 @@ async def test_stopping_ends_a_task_that_swallowed_its_cancellation() -> None:
     task = asyncio.create_task(stubborn())
     await waiting.wait()
     async with asyncio.timeout(TIMEOUT):
-        await _cancel([task])
+        await stop_tasks([task])
     assert swallowed.is_set() and task.cancelled()

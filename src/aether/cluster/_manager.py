@@ -98,6 +98,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
+from aether._tasks import stop as stop_tasks
 from aether.cluster._discovery import NodeDiscovery
 from aether.cluster._election import LeaderElection
 from aether.cluster._placement import Assignment, Revocation, next_assignment, place
@@ -144,8 +145,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("aether.cluster")
-#: Seconds after which a task asked to stop but still running is cancelled again.
-_RECANCEL_EVERY = 0.1
 
 #: Failures that a retry may cure (a server or a stream leader being elected).
 _TRANSIENT = (
@@ -558,13 +557,13 @@ class ClusterManager:
         self._closed = True
         self._running = False
         lead, others = self._tasks[3:], self._tasks[:3]
-        await _cancel(lead)
+        await stop_tasks(lead)
         if self._election is not None:
             with contextlib.suppress(Exception):
                 await self._election.close()
-        await _cancel(others[1:2])  # no renewal: the record is ours to delete
+        await stop_tasks(others[1:2])  # no renewal: the record is ours to delete
         async with self._lock:  # the applier finishes what it started
-            await _cancel(others[2:])
+            await stop_tasks(others[2:])
             lost = frozenset(self._owned)
             self._owned.clear()
             if lost:
@@ -590,8 +589,8 @@ class ClusterManager:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        await _cancel(others[:1])
-        await _cancel(list(self._background))
+        await stop_tasks(others[:1])
+        await stop_tasks(list(self._background))
         for queue in self._queues:
             queue.put_nowait(None)
 
@@ -1026,7 +1025,7 @@ class ClusterManager:
                     async with asyncio.timeout(max(wait, 0.01)):
                         await self._leader_wake.wait()
         finally:
-            await _cancel([watcher])
+            await stop_tasks([watcher])
 
     async def _lead_step(
         self, term: int, records: dict[str, _Record], fenced: dict[str, int]
@@ -1217,21 +1216,3 @@ class ClusterManager:
             f"ClusterManager(node_id={self._node_id!r}, group={self._group!r}, "
             f"version={self._applied}, shards={len(self._owned)})"
         )
-
-
-async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel *tasks* and wait until every one has ended; their errors are dropped.
-
-    A task may swallow a cancellation: on Python 3.11 ``asyncio.wait_for`` (used inside
-    nats-py's requests) drops one that arrives as the awaited answer completes, and the
-    task's loop goes on. So a task still running shortly after is cancelled again
-    instead of being awaited forever. The caller's own cancellation is never suppressed
-    (``asyncio.wait`` raises it)."""
-    pending = {task for task in tasks if not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=_RECANCEL_EVERY)
-    for task in tasks:
-        if not task.cancelled():
-            task.exception()  # retrieved: no "exception was never retrieved"

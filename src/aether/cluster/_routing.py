@@ -29,6 +29,7 @@ from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from aether._tasks import stop as stop_tasks
 from aether.cluster._placement import Assignment
 from aether.cluster._shards import ShardManager
 from aether.errors import AetherError
@@ -331,12 +332,7 @@ class ShardRouter:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._task is not None:
             task, self._task = self._task, None
-            # Cancelled again until it ends: a nats-py request may swallow one (3.11).
-            while not task.done():
-                task.cancel()
-                await asyncio.wait([task], timeout=0.1)
-            if not task.cancelled():
-                task.exception()
+            await stop_tasks([task])
 
     @property
     def assignment_version(self) -> int:

@@ -79,6 +79,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from aether import _json
+from aether._tasks import stop as stop_tasks
 from aether.bus.filter import SubscriptionFilter
 from aether.errors import (
     InvalidEventError,
@@ -479,10 +480,8 @@ class _JetStreamFeed(_Feed):
         self._buffer.clear()
         self._buffered_bytes = 0
         self._arrived.set()
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task])
+        if self._task is not None:
+            await stop_tasks([self._task])  # again until it ends: a request may swallow one
 
     def abandon(self) -> None:
         self.closed = True
