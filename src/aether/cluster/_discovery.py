@@ -46,6 +46,8 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from aether._tasks import stop as stop_tasks
+
 __all__ = ["NodeDiscovery"]
 
 _log = logging.getLogger(__name__)
@@ -226,11 +228,7 @@ class NodeDiscovery:
         self._closed = True
         was_running = self._running
         self._running = False
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)  # again until each ends: a request may swallow one
         self._tasks = []
         if self._sub is not None:
             with contextlib.suppress(Exception):

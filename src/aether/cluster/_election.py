@@ -143,6 +143,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
 
+from aether._tasks import stop as stop_tasks
 from aether.cluster._discovery import check_token
 from aether.errors import UnsuitableStreamError, UnsupportedServerError
 from aether.store._jsapi import require_jetstream
@@ -463,11 +464,7 @@ class LeaderElection:
             return
         self._closed = True
         self._running = False
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)  # again until each ends: a request may swallow one
         self._tasks = []
         held = self._valid_until is not None and self._revision > 0
         revision = self._revision
