@@ -28,6 +28,7 @@ from aether import (
     ReplayError,
     ReplayResult,
     VersionConflictError,
+    _json,
 )
 from aether.store import _rules
 
@@ -83,6 +84,24 @@ def test_timestamps_are_normalised_to_utc() -> None:
     event = Event("Opened", "acc", 1, timestamp=datetime(2026, 1, 1, 12, tzinfo=plus_two))
     assert orjson.loads(event.to_json())["timestamp"] == "2026-01-01T10:00:00Z"
     assert Event.from_json(event.to_json()).timestamp == event.timestamp
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(), st.sampled_from(["Z", "+00:00", "-00:00", "+05:30", "-11:59"]))
+def test_decoded_timestamps_are_the_instant_written_in_utc(ts: datetime, suffix: str) -> None:
+    # Decoding returns an already-UTC timestamp as parsed (the replay's hot path) and
+    # converts any other offset: either way the instant written, tzinfo UTC.
+    text = ts.isoformat() + suffix
+    offset = datetime.fromisoformat(text).utcoffset()
+    assert offset is not None
+    try:
+        expected = (ts - offset).replace(tzinfo=UTC)
+    except OverflowError:
+        with pytest.raises(ValueError, match="out of range"):
+            _json.parse_timestamp(text)
+        return
+    decoded = _json.parse_timestamp(text)
+    assert decoded == expected and decoded.tzinfo is UTC
 
 
 @pytest.mark.parametrize(

@@ -140,6 +140,8 @@ def parse_timestamp(raw: object) -> datetime:
     if not isinstance(raw, str):
         raise ValueError(f"timestamp must be a string, not {type(raw).__name__}")
     ts = datetime.fromisoformat(raw)
+    if ts.tzinfo is UTC:  # "...Z" (what aether and Go write): already UTC
+        return ts
     if ts.tzinfo is None:
         raise ValueError(f"timestamp {raw!r} has no timezone")
     try:

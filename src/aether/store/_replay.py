@@ -577,5 +577,7 @@ def _budget_of(nc: Client, capacity: int) -> _Budget:
 def _ack_stream_seq(reply: str) -> int:
     # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or the v2 form
     # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<x>
-    tokens = reply.split(".")
-    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+    # (Split only as far as the sequence: this runs once per replayed message.)
+    if reply.count(".") == 8:
+        return int(reply.split(".", 6)[5])
+    return int(reply.split(".", 8)[7])
