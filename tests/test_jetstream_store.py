@@ -190,6 +190,26 @@ async def test_replay_after_a_snapshot_starts_where_the_snapshot_says(
     assert [e.version for e in await reader.get_events("a", 2001)] == [2001, 2002, 2003]
 
 
+async def test_a_snapshot_saved_cold_of_a_short_history_still_marks_its_event(
+    open_store: StoreFactory,
+) -> None:
+    """A snapshot of an older version, saved by a store with a cold cache, of a history
+    short enough that a replay would not search: it still records where its event is,
+    so loading after it reads the tail, not the whole history."""
+    writer = await open_store()
+    await writer.save_events([ev("a", v) for v in range(1, 401)])
+    cold = await open_store(writer.stream_name)
+    await cold.save_snapshot(ActorSnapshot("a", 390, {}))
+    reader = await open_store(writer.stream_name)
+    snapshot = await reader.get_latest_snapshot("a")
+    assert snapshot is not None and snapshot.version == 390
+    received = reader._nc.stats["in_msgs"]
+    tail = await reader.get_events("a", snapshot.version + 1)
+    assert [e.version for e in tail] == list(range(391, 401))
+    # the snapshot's own event and the ten after it (plus replies), not 400 events
+    assert reader._nc.stats["in_msgs"] - received < 20
+
+
 async def test_replay_from_a_version_past_a_malformed_message_reads_everything(
     js_store: JetStreamEventStore, nc: Client
 ) -> None:

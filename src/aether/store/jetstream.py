@@ -71,7 +71,16 @@ from aether.store._jsapi import (
 )
 from aether.store._provision import StreamSettings, check_duplicate_window, find, provision
 from aether.store._replay import Replayer
-from aether.store._seek import Found, Mark, ReadAt, ReadLast, ReadNext, Start, seek
+from aether.store._seek import (
+    SEEK_MIN_SKIP,
+    Found,
+    Mark,
+    ReadAt,
+    ReadLast,
+    ReadNext,
+    Start,
+    seek,
+)
 from aether.store._snapshots import SnapshotStream, pause_if_in_flight
 from aether.store._subjects import SNAPSHOTS_SUFFIX, encode_actor_id
 from aether.store._subscription import Subscription, subscribe_jetstream
@@ -784,11 +793,13 @@ class JetStreamEventStore:
             async for items in rest:
                 yield items
 
-    async def _seek(self, actor_id: str, subject: str, from_version: int) -> int:
+    async def _seek(
+        self, actor_id: str, subject: str, from_version: int, min_skip: int = SEEK_MIN_SKIP
+    ) -> int:
         """The stream sequence to replay from so as to see every ``version >= from_version``:
         :func:`~aether.store._seek.seek` (a snapshot's remembered position, else a binary
         search over stream sequences), driven with leader message gets."""
-        plan = seek(from_version, self._snapshots.mark(actor_id))
+        plan = seek(from_version, self._snapshots.mark(actor_id), min_skip=min_skip)
         answer: Found | None = None
         while True:
             try:
@@ -916,7 +927,10 @@ class JetStreamEventStore:
         if entry is not None and entry.version == version and entry.event_id is not None:
             return entry.last_event_seq
         subject = self.subject_for(actor_id)
-        start = await self._seek(actor_id, subject, version)
+        # Always search (min_skip=0), also where a replay would rather read past a few
+        # older events: the position found here saves every later load after the
+        # snapshot from reading them, for one search now.
+        start = await self._seek(actor_id, subject, version, min_skip=0)
         found = await self._api.get_msg(self._stream, {"seq": start, "next_by_subj": subject})
         event = None if found is None else _decode(found, actor_id)
         if found is not None and isinstance(event, Event) and event.version == version:
