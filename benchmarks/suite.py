@@ -457,6 +457,12 @@ def _judge(target: Target, result: SuiteResult, longest: int, lengths: list[int]
                     f"{1e6 / ceiling:.1f} µs per event, aether {1e6 / aether - 1e6 / ceiling:.1f} "
                     "µs more (its pull loop, decoding and validating each Event)."
                 )
+                streamed = _value(result, "replay", x, "aether.iter_events")
+                if streamed:
+                    target.comment += (
+                        f" iter_events, which keeps no list of the history: "
+                        f"{streamed / ceiling:.2f}x of the ceiling."
+                    )
     elif target.id == "snapshot_tail_vs_es_sqlite":
         target.value = _ratio(
             result, "snapshot_tail", longest, "aether.snapshot_tail", "es_sqlite.snapshot_tail"

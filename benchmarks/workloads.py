@@ -473,9 +473,10 @@ class Bench:
         """Reading an actor's whole history, by history length: events/s.
 
         aether: ``get_events`` (a pull consumer, two batches in flight, each message
-        decoded into a validated ``Event`` with a parsed timestamp). raw pull: the same
-        kind of pull consumer in nats-py, messages counted but not decoded (the client
-        ceiling). raw ordered: the naive nats-py loop, ordered push consumer with
+        decoded into a validated ``Event`` with a parsed timestamp), and ``iter_events``
+        (the same replay streamed, in bounded memory: no list of the whole history). raw
+        pull: the same kind of pull consumer in nats-py, messages counted but not decoded
+        (the client ceiling). raw ordered: the naive nats-py loop, ordered push consumer with
         ``next_msg`` + ``json.loads``. eventsourcing: ``recorder.select_events`` +
         ``mapper.to_domain_event`` per event (in-process for SQLite: no network hop).
         """
@@ -495,8 +496,19 @@ class Bench:
                     raise RuntimeError(f"get_events returned {len(events)} events")
                 return history.length / elapsed
 
+            async def iter_events(history: History = history) -> float:
+                t0 = time.perf_counter()
+                count = last = 0
+                async for event in store.iter_events(history.actor):
+                    count, last = count + 1, event.version
+                elapsed = time.perf_counter() - t0
+                if count != history.length or last != history.length:
+                    raise RuntimeError(f"iter_events yielded {count} events")
+                return history.length / elapsed
+
             contenders: dict[str, Callable[[], Awaitable[float]]] = {
                 "aether.get_events": get_events,
+                "aether.iter_events": iter_events,
                 "raw.pull": _bind(self.raw.replay_pull, history.subject, length),
                 "raw.ordered": _bind(self.raw.replay_ordered, history.subject, length),
             }
@@ -507,6 +519,7 @@ class Bench:
             rounds = await run_rounds(contenders, s.rounds_for(length), self._tick(wid))
             labels = {
                 "aether.get_events": "aether get_events",
+                "aether.iter_events": "aether iter_events (bounded memory)",
                 "raw.pull": "nats-py pull consumer, no decode (client ceiling)",
                 "raw.ordered": "nats-py ordered consumer + json.loads",
             }
@@ -518,6 +531,9 @@ class Bench:
             for peer in self.peers:
                 point.ratio("aether.get_events", f"{peer.key}.decode", f"vs {peer.label} decode")
             point.ratio("aether.get_events", "raw.pull", "vs raw pull, no decode (ceiling)")
+            point.ratio(
+                "aether.iter_events", "raw.pull", "iter_events vs raw pull, no decode (ceiling)"
+            )
             point.ratio("aether.get_events", "raw.ordered", "vs nats-py ordered consumer")
         shortest = result.point(min(self.histories))
         if shortest.x is not None and shortest.x <= 10:
