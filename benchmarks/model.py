@@ -92,8 +92,11 @@ class Sizes:
     long_history: int = 50_000
     #: events after the snapshot in the snapshot + tail workload
     snapshot_tail: int = 100
-    #: rounds of the snapshot + tail workload
-    snapshot_rounds: int = 3
+    #: rounds of the snapshot + tail workload's rebuilds (aether and the peers, interleaved;
+    #: each a few milliseconds) ...
+    snapshot_rounds: int = 60
+    #: ... and, apart from them, of the full replay it is compared with (seconds each)
+    snapshot_full_rounds: int = 3
     #: events of the subscribe catch-up history (a stream of its own) ...
     catchup_events: int = 20_000
     #: ... spread evenly over this many actors
@@ -144,6 +147,7 @@ class Sizes:
             "replay_rounds",
             "long_replay_rounds",
             "snapshot_rounds",
+            "snapshot_full_rounds",
             "catchup_events",
             "catchup_actors",
             "catchup_rounds",
@@ -187,7 +191,8 @@ QUICK = Sizes(
     load_calls=100,
     replay_rounds=3,
     long_replay_rounds=2,
-    snapshot_rounds=2,
+    snapshot_rounds=10,
+    snapshot_full_rounds=2,
     catchup_events=5_000,
     catchup_actors=50,
     catchup_rounds=2,
