@@ -325,8 +325,6 @@ def _check_fields(
         raise InvalidEventError(f"command_id must be a str or None, got {command_id!r:.80}")
     if type(metadata) is not dict:
         raise InvalidEventError(f"metadata must be a dict[str, str], not {type(metadata).__name__}")
-    if not metadata:
-        return
     for key, value in metadata.items():
         if type(key) is not str or type(value) is not str:
             raise InvalidEventError(
